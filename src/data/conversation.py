@@ -1,0 +1,45 @@
+"""The one internal form every input format becomes: a conversation plus optional math metadata.
+
+Q&A blocks, instruction pairs, chat JSONL and ShareGPT files are all parsed into `Record`s, so
+formatting, label masking and evaluation never need to know where an example came from.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, TypedDict
+
+Role = Literal["system", "user", "assistant"]
+ROLES: tuple[str, ...] = ("system", "user", "assistant")
+
+
+class Message(TypedDict):
+    role: Role
+    content: str
+
+
+class Record(TypedDict):
+    """One training or evaluation example.
+
+    `kind` names the operation of an arithmetic item ("add_2d", "precedence", …) for per-kind
+    accuracy; `expected` is its numeric answer as text ("68", "-3", "2.5"). Both are None for
+    examples that are not graded arithmetic.
+    """
+
+    messages: list[Message]
+    kind: str | None
+    expected: str | None
+
+
+class DataFormatError(ValueError):
+    """Bad input data: the message names the file, the line or block, and what was expected."""
+
+    def __init__(self, path: str, where: str | None, problem: str) -> None:
+        location = f"{path}:{where}" if where else str(path)
+        super().__init__(f"{location}: {problem}")
+        self.path = str(path)
+        self.where = where
+        self.problem = problem
+
+
+def make_record(messages: list[Message], kind: str | None = None, expected: str | None = None) -> Record:
+    return {"messages": messages, "kind": kind, "expected": expected}
