@@ -1,0 +1,37 @@
+"""Command line: `python -m src.cli {fit,validate,test,predict} --config configs/<name>.yaml`."""
+
+from __future__ import annotations
+
+from lightning.pytorch.cli import ArgsType, LightningCLI
+
+from src.data.datamodule import TutorDataModule
+from src.models.tutor_module import TutorModule
+
+
+class TutorCLI(LightningCLI):
+    """LightningCLI whose model and data share one model name, tokenizer and prompt format."""
+
+    def add_arguments_to_parser(self, parser) -> None:
+        # Written once in a config, read by both sides: the data module tokenises with the model's
+        # tokenizer, and the model renders generation prompts exactly as the data was rendered.
+        for key in ("model_name", "gguf_file", "tokenizer_name"):
+            parser.link_arguments(f"model.{key}", f"data.{key}")
+        for key in ("system_prompt", "chat_template"):
+            parser.link_arguments(f"data.{key}", f"model.{key}")
+
+
+def cli_main(args: ArgsType = None, run: bool = True) -> TutorCLI:
+    return TutorCLI(
+        TutorModule,
+        TutorDataModule,
+        args=args,
+        run=run,
+        save_config_kwargs={"overwrite": True},
+        trainer_defaults={
+            "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger", "init_args": {"save_dir": "tb_logs"}}
+        },
+    )
+
+
+if __name__ == "__main__":
+    cli_main()

@@ -1,0 +1,251 @@
+"""`TutorDataModule`: any supported file → assistant-only-labelled, length-grouped batches.
+
+Validation has two loaders: teacher-forced batches for loss/perplexity, and left-padded prompts of
+the items with a numeric answer, which the model answers by generation for math accuracy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from pathlib import Path
+from typing import Any, Literal
+
+import datasets
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+from torch.utils.data import DataLoader
+from transformers.trainer_pt_utils import LengthGroupedSampler
+
+from src.data.chat_format import IGNORE_INDEX, ChatFormatter
+from src.data.collate import PromptCollator, TrainCollator
+from src.data.conversation import Record
+from src.data.formats import load_records
+from src.data.splits import drop_overlap, split_records
+from src.data.stats import dataset_statistics, flatten_for_logging, format_statistics
+from src.models.loading import load_tokenizer
+from src.models.offline_default import OFFLINE_DEFAULT, cache_root
+
+TOKENIZATION_VERSION = "1"  # bump when tokenisation changes, so stale caches are not reused
+
+
+class TutorDataModule(L.LightningDataModule):
+    """Tutor conversations from Q&A blocks, instruction pairs or chat JSONL.
+
+    Args:
+        train_file: training data (`.txt` Q&A blocks, `.json`/`.jsonl` instructions or chats).
+        val_file: validation data; None splits `train_file` by `split_seed`.
+        format: `auto` (by extension and keys), `qa_blocks`, `instruction` or `chat`.
+        val_fraction: share of distinct training examples held out when there is no `val_file`.
+        split_seed: seed of the split and of the math-evaluation subset.
+        system_prompt: system text for conversations without one (replaces the template's default).
+        chat_template: Jinja chat template overriding the tokenizer's (base models have none).
+        max_length: examples longer than this many tokens are truncated (and counted).
+        batch_size: training batch size.
+        eval_batch_size: batch size for validation loss and for generation.
+        order: `length_grouped` (little padding), `shuffle`, or `sequential` (file order, for curricula).
+        math_eval_size: how many numeric validation items to answer by generation (a fixed seeded
+            subset); None for all of them, 0 to skip math evaluation.
+        num_workers: DataLoader workers.
+        cache_dir: where tokenised datasets are cached (default: the tutor-tune cache folder).
+        model_name: linked from `model.model_name`.
+        gguf_file: linked from `model.gguf_file`.
+        tokenizer_name: linked from `model.tokenizer_name`.
+    """
+
+    def __init__(
+        self,
+        train_file: str | None = "data/arithmetic/train.jsonl",
+        val_file: str | None = None,
+        format: str = "auto",
+        val_fraction: float = 0.1,
+        split_seed: int = 42,
+        system_prompt: str | None = None,
+        chat_template: str | None = None,
+        max_length: int = 256,
+        batch_size: int = 8,
+        eval_batch_size: int = 32,
+        order: Literal["length_grouped", "shuffle", "sequential"] = "length_grouped",
+        math_eval_size: int | None = None,
+        num_workers: int = 0,
+        cache_dir: str | None = None,
+        model_name: str = OFFLINE_DEFAULT,
+        gguf_file: str | None = None,
+        tokenizer_name: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.tokenizer = None
+        self.formatter: ChatFormatter | None = None
+        self.train_dataset: datasets.Dataset | None = None
+        self.val_dataset: datasets.Dataset | None = None
+        self.math_items: list[dict[str, Any]] = []
+        self.statistics: dict[str, Any] = {}
+
+    @property
+    def math_kinds(self) -> list[str]:
+        return sorted({item["kind"] for item in self.math_items if item["kind"]})
+
+    def setup(self, stage: str) -> None:
+        if self.formatter is not None:
+            return
+        hp = self.hparams
+        self.tokenizer = load_tokenizer(hp.model_name, hp.gguf_file, hp.tokenizer_name)
+        self.formatter = ChatFormatter(self.tokenizer, hp.system_prompt, hp.chat_template)
+        train_records, val_records = self._read_splits(stage)
+        if train_records:
+            self.train_dataset = self._tokenize(train_records, "train")
+        self.val_dataset = self._tokenize(val_records, "val")
+        self.math_items = self._math_items(val_records)
+        self._report_statistics(train_records or val_records, self.train_dataset or self.val_dataset)
+
+    def _read_splits(self, stage: str) -> tuple[list[Record], list[Record]]:
+        hp = self.hparams
+        if stage != "fit" and hp.val_file:
+            return [], load_records(hp.val_file, hp.format)
+        if not hp.train_file:
+            raise ValueError("data.train_file is required to fit (data.val_file alone is enough to validate)")
+        train = load_records(hp.train_file, hp.format)
+        if hp.val_file is None:
+            train, val = split_records(train, hp.val_fraction, hp.split_seed)
+        else:
+            val = load_records(hp.val_file, hp.format)
+            train, dropped = drop_overlap(train, val)
+            if dropped:
+                rank_zero_info(f"Dropped {dropped} training examples that also appear in {hp.val_file}.")
+        return (train if stage == "fit" else []), val
+
+    def _tokenize(self, records: list[Record], split: str) -> datasets.Dataset:
+        formatter, max_length = self.formatter, self.hparams.max_length
+
+        def tokenize(row: dict[str, Any]) -> dict[str, Any]:
+            example = formatter.tokenize(row["messages"], max_length)
+            return {
+                "input_ids": example.input_ids,
+                "labels": example.labels,
+                "truncated": example.truncated,
+                "length": len(example.input_ids),
+                "label_tokens": sum(label != IGNORE_INDEX for label in example.labels),
+            }
+
+        fingerprint = self._fingerprint(records)
+        cache_dir = Path(self.hparams.cache_dir or cache_root() / "datasets")
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        raw = datasets.Dataset.from_list([{"messages": r["messages"]} for r in records])
+        # Explicit fingerprint: hashing the tokenizer closure is slow and not always stable.
+        tokenized = raw.map(
+            tokenize,
+            remove_columns=["messages"],
+            cache_file_name=str(cache_dir / f"{split}-{fingerprint}.arrow"),
+            new_fingerprint=fingerprint,
+            desc=f"Tokenising {split}",
+        )
+        lost = tokenized.filter(lambda row: row["label_tokens"] == 0)
+        if len(lost):
+            rank_zero_info(
+                f"{len(lost)} {split} examples have no answer tokens left after truncation to "
+                f"data.max_length={max_length} and are skipped; raise data.max_length to keep them."
+            )
+            tokenized = tokenized.filter(lambda row: row["label_tokens"] > 0)
+        return tokenized
+
+    def _fingerprint(self, records: list[Record]) -> str:
+        hp = self.hparams
+        digest = hashlib.sha256()
+        for part in (
+            TOKENIZATION_VERSION,
+            self.tokenizer.name_or_path,
+            str(len(self.tokenizer)),
+            self.formatter.chat_template,
+            str(hp.system_prompt),
+            str(hp.max_length),
+            repr([r["messages"] for r in records]),
+        ):
+            digest.update(part.encode("utf-8"))
+        return digest.hexdigest()[:24]
+
+    def _math_items(self, records: list[Record]) -> list[dict[str, Any]]:
+        """Validation items with a numeric answer, as prompts ending before their final answer."""
+        size = self.hparams.math_eval_size
+        graded = [r for r in records if r["expected"] is not None]
+        if size is not None and size < len(graded):
+            chosen = sorted(random.Random(self.hparams.split_seed).sample(range(len(graded)), size))
+            graded = [graded[i] for i in chosen]
+        items = []
+        for record in graded:
+            last_answer = max(i for i, m in enumerate(record["messages"]) if m["role"] == "assistant")
+            prompt = record["messages"][:last_answer]
+            prompt_text = self.formatter.prompt_text(prompt)
+            items.append(
+                {
+                    "prompt_ids": self.tokenizer(prompt_text, add_special_tokens=False)["input_ids"],
+                    "question": prompt[-1]["content"],
+                    "expected": record["expected"],
+                    "kind": record["kind"],
+                }
+            )
+        return items
+
+    def _report_statistics(self, records: list[Record], tokenized: datasets.Dataset) -> None:
+        self.statistics = dataset_statistics(
+            records,
+            token_lengths=tokenized["length"],
+            label_token_counts=tokenized["label_tokens"],
+            truncated=sum(tokenized["truncated"]),
+            max_length=self.hparams.max_length,
+        )
+        rank_zero_info(format_statistics(self.statistics))
+        logger = self.trainer.logger if self.trainer is not None else None
+        if logger is not None:
+            logger.log_metrics(flatten_for_logging(self.statistics), step=0)
+
+    def train_dataloader(self) -> DataLoader:
+        hp = self.hparams
+        generator = torch.Generator().manual_seed(hp.split_seed)
+        sampler = None
+        if hp.order == "length_grouped":
+            sampler = LengthGroupedSampler(hp.batch_size, lengths=self.train_dataset["length"], generator=generator)
+        elif hp.order == "shuffle":
+            sampler = torch.utils.data.RandomSampler(self.train_dataset, generator=generator)
+        return DataLoader(
+            self._model_inputs(self.train_dataset),
+            batch_size=hp.batch_size,
+            sampler=sampler,
+            collate_fn=TrainCollator(self.tokenizer.pad_token_id),
+            num_workers=hp.num_workers,
+        )
+
+    def val_dataloader(self) -> list[DataLoader]:
+        hp = self.hparams
+        loaders = [
+            DataLoader(
+                self._model_inputs(self.val_dataset),
+                batch_size=hp.eval_batch_size,
+                collate_fn=TrainCollator(self.tokenizer.pad_token_id),
+                num_workers=hp.num_workers,
+            )
+        ]
+        if self.math_items and hp.math_eval_size != 0:
+            loaders.append(self.math_dataloader())
+        return loaders
+
+    def math_dataloader(self) -> DataLoader:
+        # Longest prompts first: similar lengths share a batch, and memory peaks show up at once.
+        items = sorted(self.math_items, key=lambda item: -len(item["prompt_ids"]))
+        return DataLoader(
+            items,
+            batch_size=self.hparams.eval_batch_size,
+            collate_fn=PromptCollator(self.tokenizer.pad_token_id),
+            num_workers=self.hparams.num_workers,
+        )
+
+    def test_dataloader(self) -> list[DataLoader]:
+        return self.val_dataloader()
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.math_dataloader()
+
+    @staticmethod
+    def _model_inputs(dataset: datasets.Dataset) -> datasets.Dataset:
+        return dataset.select_columns(["input_ids", "labels"])

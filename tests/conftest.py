@@ -1,0 +1,69 @@
+"""Shared fixtures: a tiny random causal LM saved to disk, loaded through the real loading path."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+ASSETS = Path(__file__).parent / "assets"
+TINY_TOKENIZER = ASSETS / "tiny-chatml-tokenizer"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tokenised-dataset caches go to a per-session temp folder, never to the user's cache."""
+    monkeypatch.setenv("TUTOR_TUNE_CACHE", str(tmp_path_factory.getbasetemp() / "tutor-tune-cache"))
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    return AutoTokenizer.from_pretrained(TINY_TOKENIZER)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer) -> Path:
+    """A 2-layer Llama with the tiny ChatML tokenizer, saved like a hub checkpoint."""
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    config = LlamaConfig(
+        vocab_size=len(tiny_tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        eos_token_id=tiny_tokenizer.eos_token_id,
+        pad_token_id=tiny_tokenizer.pad_token_id,
+        bos_token_id=tiny_tokenizer.bos_token_id,
+    )
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tiny_tokenizer.save_pretrained(folder)
+    return folder
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+    return path
+
+
+def arithmetic_rows(count: int, start: int = 0) -> list[dict]:
+    """Distinct graded chat rows `a + b`, like the arithmetic generator's output."""
+    rows = []
+    for n in range(start, start + count):
+        a, b = n % 10, n // 10
+        rows.append(
+            {
+                "messages": [
+                    {"role": "user", "content": f"¿Cuánto es {a} + {b}?"},
+                    {"role": "assistant", "content": f"{a} + {b} = {a + b}.\nRespuesta: {a + b}"},
+                ],
+                "kind": "add_1d" if b < 10 else "add_2d",
+                "expected": str(a + b),
+            }
+        )
+    return rows
