@@ -94,11 +94,13 @@ class TutorDataModule(L.LightningDataModule):
         self.tokenizer = load_tokenizer(hp.model_name, hp.gguf_file, hp.tokenizer_name)
         self.formatter = ChatFormatter(self.tokenizer, hp.system_prompt, hp.chat_template)
         train_records, val_records = self._read_splits(stage)
-        if train_records:
-            self.train_dataset = self._tokenize(train_records, "train")
-        self.val_dataset = self._tokenize(val_records, "val")
+        train = self._tokenize(train_records, "train") if train_records else None
+        val = self._tokenize(val_records, "val")
+        # Statistics describe the data as given, before answerless truncated examples are skipped.
+        self._report_statistics(train_records or val_records, train if train is not None else val)
+        self.train_dataset = self._without_answerless(train, "train") if train is not None else None
+        self.val_dataset = self._without_answerless(val, "val")
         self.math_items = self._math_items(val_records)
-        self._report_statistics(train_records or val_records, self.train_dataset or self.val_dataset)
 
     def _read_splits(self, stage: str) -> tuple[list[Record], list[Record]]:
         hp = self.hparams
@@ -141,11 +143,14 @@ class TutorDataModule(L.LightningDataModule):
             new_fingerprint=fingerprint,
             desc=f"Tokenising {split}",
         )
-        lost = tokenized.filter(lambda row: row["label_tokens"] == 0)
-        if len(lost):
+        return tokenized
+
+    def _without_answerless(self, tokenized: datasets.Dataset, split: str) -> datasets.Dataset:
+        lost = sum(count == 0 for count in tokenized["label_tokens"])
+        if lost:
             rank_zero_info(
-                f"{len(lost)} {split} examples have no answer tokens left after truncation to "
-                f"data.max_length={max_length} and are skipped; raise data.max_length to keep them."
+                f"{lost} {split} examples have no answer tokens left after truncation to "
+                f"data.max_length={self.hparams.max_length} and are skipped; raise data.max_length to keep them."
             )
             tokenized = tokenized.filter(lambda row: row["label_tokens"] > 0)
         return tokenized

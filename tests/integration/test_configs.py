@@ -1,0 +1,66 @@
+"""Every config parses, links model and data, and trains a few steps on a scaled-down random model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from src.cli import cli_main
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
+TINY_TOKENIZER = ROOT / "tests" / "assets" / "tiny-chatml-tokenizer"
+# Each architecture shrunk to a few thousand parameters; the vocabulary stays the real one.
+SCALED_DOWN = {
+    # head_dim 10 keeps phi's partial rotary dimension (0.4 x head_dim) even
+    "phi": {"hidden_size": 40, "intermediate_size": 80, "num_hidden_layers": 2, "num_attention_heads": 4,
+            "num_key_value_heads": 4},
+    "gpt2": {"n_embd": 32, "n_layer": 2, "n_head": 4},
+    "llama": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+              "num_key_value_heads": 2, "head_dim": 8},
+}
+
+
+def test_there_is_a_config_per_seed_project() -> None:
+    assert {c.stem for c in CONFIGS} >= {"smollm2", "phi2", "gpt2-xl", "llama32"}
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: c.stem)
+def test_print_config_links_the_model_name_into_the_data(config: Path, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["fit", "--config", str(config), "--print_config"])
+    assert exit_info.value.code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    written = yaml.safe_load(config.read_text(encoding="utf-8"))
+    assert printed["model"]["model_name"] == written["model"].get("model_name", "offline:SmolLM2-135M-Instruct")
+    assert "model_name" not in written.get("data", {}), "the model name is written once, under model"
+    assert (ROOT / printed["data"]["train_file"]).is_file()
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: c.stem)
+def test_a_few_steps_of_each_config_on_a_scaled_down_random_model(config: Path, tmp_path: Path) -> None:
+    model = yaml.safe_load(config.read_text(encoding="utf-8"))["model"]
+    architecture = model.get("architecture", "configs/architectures/smollm2-135m.json")
+    model_type = json.loads((ROOT / architecture).read_text(encoding="utf-8"))["model_type"]
+    cli = cli_main(
+        [
+            "fit",
+            "--config", str(config),
+            "--config", str(ROOT / "configs/overlays/random_init.yaml"),
+            "--config", str(ROOT / "configs/overlays/debug.yaml"),
+            "--model.architecture", str(ROOT / architecture),
+            "--model.tokenizer_name", str(TINY_TOKENIZER),
+            "--model.architecture_overrides", json.dumps(SCALED_DOWN[model_type]),
+            "--trainer.default_root_dir", str(tmp_path),
+            "--trainer.logger.init_args.save_dir", str(tmp_path / "tb_logs"),
+            "--trainer.enable_progress_bar", "false",
+        ]
+    )
+    assert cli.trainer.global_step == 3
+    assert type(cli.model.model.get_base_model()).__name__.lower().startswith(model_type)
+    assert cli.model.model.get_base_model().config.num_hidden_layers == 2
+    assert "train/loss" in cli.trainer.callback_metrics
+    assert "val/loss" in cli.trainer.callback_metrics
