@@ -1,0 +1,128 @@
+"""The CLI end to end on a tiny random model saved to disk: fit, adapter files, validate, resume."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM
+
+from conftest import arithmetic_rows, write_jsonl
+from src.callbacks.run_report import RunReport
+from src.cli import cli_main
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = ROOT / "data" / "examples"
+
+
+def common_args(model_dir: Path, run_dir: Path) -> list[str]:
+    return [
+        "--model.model_name", str(model_dir),
+        "--model.max_new_tokens", "6",
+        "--data.batch_size", "4",
+        "--data.eval_batch_size", "8",
+        "--trainer.accelerator", "cpu",
+        "--trainer.default_root_dir", str(run_dir),
+        "--trainer.logger.init_args.save_dir", str(run_dir / "tb_logs"),
+        "--trainer.enable_progress_bar", "false",
+    ]
+
+
+@pytest.fixture(scope="module")
+def fitted(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    run_dir = tmp_path_factory.mktemp("fit")
+    train = write_jsonl(run_dir / "train.jsonl", arithmetic_rows(48))
+    val = write_jsonl(run_dir / "val.jsonl", arithmetic_rows(12, start=60))
+    cli = cli_main(
+        [
+            "fit",
+            "--config", str(ROOT / "configs" / "smollm2.yaml"),
+            *common_args(tiny_model_dir, run_dir),
+            "--data.train_file", str(train),
+            "--data.val_file", str(val),
+            "--data.math_eval_size", "8",
+            "--trainer.max_steps", "6",
+            "--trainer.val_check_interval", "3",
+            "--trainer.log_every_n_steps", "1",
+        ]
+    )
+    return cli, run_dir
+
+
+def test_fit_logs_to_tensorboard_and_keeps_the_best_adapter_by_math_accuracy(fitted) -> None:
+    cli, run_dir = fitted
+    log_dir = Path(cli.trainer.log_dir)
+    assert log_dir.is_relative_to(run_dir / "tb_logs")
+    assert list(log_dir.glob("events.out.tfevents.*"))
+    best = log_dir / "adapters" / "best"
+    assert (best / "adapter_model.safetensors").is_file() and (best / "adapter_config.json").is_file()
+    assert not (best / "model.safetensors").exists(), "the frozen base is never saved with the adapter"
+    assert cli.model.base_math_metrics is not None and "val/math_acc" in cli.model.base_math_metrics
+    for key in ("train/loss", "train/grad_norm", "train/lr", "val/loss", "val/ppl", "val/math_acc"):
+        assert key in cli.trainer.callback_metrics, key
+    assert (log_dir / "adapters" / "metrics.json").is_file() or (log_dir / "metrics.json").is_file()
+
+
+def test_the_saved_adapter_loads_with_plain_peft_and_matches_the_trained_weights(fitted, tiny_model_dir) -> None:
+    cli, _ = fitted
+    last = Path(cli.trainer.log_dir) / "adapters" / "last"
+    loaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), last)
+    trained = {n: p for n, p in cli.model.model.named_parameters() if "lora_" in n}
+    reloaded = dict(loaded.named_parameters())
+    assert trained and all(torch.equal(p.cpu(), reloaded[n]) for n, p in trained.items())
+
+
+def test_resuming_from_the_lightning_checkpoint_continues_at_the_saved_step(fitted, tiny_model_dir) -> None:
+    cli, run_dir = fitted
+    checkpoint = Path(cli.trainer.checkpoint_callback.last_model_path)
+    state = torch.load(checkpoint, weights_only=False)
+    assert state["global_step"] == 6
+    assert state["state_dict"] and all("lora_" in key for key in state["state_dict"])
+    resumed = cli_main(
+        [
+            "fit",
+            "--config", str(ROOT / "configs" / "smollm2.yaml"),
+            *common_args(tiny_model_dir, run_dir / "resumed"),
+            "--data.train_file", str(run_dir / "train.jsonl"),
+            "--data.val_file", str(run_dir / "val.jsonl"),
+            "--data.math_eval_size", "4",
+            "--trainer.max_steps", "8",
+            "--trainer.max_epochs", "3",  # the checkpoint closed epoch 0 when max_steps stopped it
+            "--trainer.log_every_n_steps", "1",
+            "--ckpt_path", str(checkpoint),
+        ]
+    )
+    assert resumed.trainer.global_step == 8
+    report = next(cb for cb in resumed.trainer.callbacks if isinstance(cb, RunReport))
+    trained_steps = [r["step"] for r in report.history if r["kind"] == "train"]
+    assert trained_steps == [7, 8], "only the two missing steps are trained after resuming"
+
+
+@pytest.mark.parametrize("data_file", ["chat.jsonl", "sharegpt.jsonl", "instruction.json", "qa_blocks.txt"])
+def test_validate_runs_on_every_format_with_and_without_an_adapter(fitted, tiny_model_dir, data_file, tmp_path) -> None:
+    cli, _ = fitted
+    adapter = Path(cli.trainer.log_dir) / "adapters" / "best"
+    for extra in ([], ["--model.adapter_path", str(adapter)]):
+        validated = cli_main(
+            [
+                "validate",
+                "--config", str(ROOT / "configs" / "smollm2.yaml"),
+                *common_args(tiny_model_dir, tmp_path),
+                "--data.val_file", str(EXAMPLES / data_file),
+                *extra,
+            ]
+        )
+        assert "val/loss" in validated.trainer.callback_metrics
+
+
+def test_validate_reports_math_accuracy_per_kind(fitted, tiny_model_dir, tmp_path) -> None:
+    cli, run_dir = fitted
+    validated = cli_main(
+        ["validate", "--config", str(ROOT / "configs" / "smollm2.yaml"), *common_args(tiny_model_dir, tmp_path),
+         "--data.val_file", str(run_dir / "val.jsonl"), "--data.math_eval_size", "12"]
+    )
+    metrics = validated.trainer.callback_metrics
+    assert metrics["val/math_acc_count"] == 12
+    assert {"val/math_acc", "val/math_acc_strict", "val/math_acc/add_1d"} <= set(metrics)
