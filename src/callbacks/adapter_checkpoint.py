@@ -1,0 +1,204 @@
+"""Keep the LoRA adapter that scored best on math, and the last one, as loadable PEFT folders.
+
+Lightning's `ModelCheckpoint` writes the whole module (frozen base included) into a `.ckpt` that
+only Lightning can read back. A tutor is shipped as a PEFT adapter folder, a few MB that
+`PeftModel.from_pretrained(base, folder)` loads, so this callback writes exactly that, chosen by math
+accuracy rather than by loss: a lower loss often comes with worse arithmetic.
+
+Layout under `dirpath`::
+
+    best/   adapter_model.safetensors, adapter_config.json, tokenizer files, best.json
+    last/   the same, with last.json
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities import rank_zero_only
+from peft import PeftModel
+
+MODES = ("max", "min")
+
+
+class AdapterCheckpoint(Callback):
+    """Save the best adapter (by `monitor`) to `dirpath/best` and the latest to `dirpath/last`.
+
+    Only validations after training started count (`trainer.global_step > 0`): the step-0
+    evaluation measures the untouched base model, whose adapter is the identity.
+
+    Each save goes to a hidden sibling folder that is renamed into place once complete, so a save
+    that fails half-way (full disk, killed job) leaves the previous `best/` intact.
+
+    Args:
+        dirpath: Folder for `best/` and `last/`. None uses `<trainer.log_dir>/adapters`.
+        monitor: Logged metric that decides which adapter is best.
+        mode: "max" when a higher `monitor` is better (accuracy), "min" when lower is (loss).
+        save_last: Also save the current adapter at each training epoch end and at fit end.
+    """
+
+    def __init__(
+        self,
+        dirpath: str | None = None,
+        monitor: str = "val/math_acc",
+        mode: str = "max",
+        save_last: bool = True,
+    ) -> None:
+        if mode not in MODES:
+            raise ValueError(
+                f"AdapterCheckpoint(mode={mode!r}): expected one of {MODES} ('max' for accuracy, 'min' for loss)."
+            )
+        self._dirpath_arg = dirpath
+        self.dirpath: Path | None = Path(dirpath) if dirpath is not None else None
+        """The resolved folder, set in `setup` when `dirpath` is None."""
+        self.monitor = monitor
+        self.mode = mode
+        self.save_last = save_last
+        self.best_score: float | None = None
+        self.best_step: int | None = None
+        self.best_epoch: int | None = None
+        self.best_path: Path | None = None
+        self.last_path: Path | None = None
+        self._last_saved_step: int | None = None
+
+    @property
+    def state_key(self) -> str:
+        # Two instances watching different metrics must not overwrite each other's state.
+        return self._generate_state_key(monitor=self.monitor, mode=self.mode)
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if self._dirpath_arg is None:
+            self.dirpath = Path(trainer.log_dir or trainer.default_root_dir) / "adapters"
+        assert self.dirpath is not None
+        for name in ("best", "last"):
+            _recover(self.dirpath / name)
+
+    # ----------------------------------------------------------------------------- hooks
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING or trainer.global_step == 0:
+            return
+        score = self._read_monitor(trainer)
+        if not self._improved(score):
+            return
+        meta = {"monitor": self.monitor, "score": score, "step": trainer.global_step, "epoch": trainer.current_epoch}
+        path = self._save(pl_module, "best", meta)
+        # Only after a complete save: a failed one must not claim a best that is not on disk.
+        self.best_score, self.best_path = score, path
+        self.best_step, self.best_epoch = trainer.global_step, trainer.current_epoch
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._save_last(trainer, pl_module)
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._save_last(trainer, pl_module)
+
+    # ----------------------------------------------------------------------------- helpers
+    def _read_monitor(self, trainer: Trainer) -> float:
+        metrics = trainer.callback_metrics
+        if self.monitor not in metrics:
+            logged = sorted(metrics) or ["(none)"]
+            raise MisconfigurationException(
+                f"AdapterCheckpoint(monitor={self.monitor!r}) found no such metric after the validation at step "
+                f"{trainer.global_step}. Logged metrics: {', '.join(logged)}. Set the `monitor` init arg of "
+                f"AdapterCheckpoint in the config's `trainer.callbacks` to one of them (monitor: val/loss with "
+                f"mode: min when no math items are graded), or log {self.monitor!r} from the module's validation."
+            )
+        value = metrics[self.monitor]
+        return float(value.item() if isinstance(value, torch.Tensor) else value)
+
+    def _improved(self, score: float) -> bool:
+        if math.isnan(score):
+            return False
+        if self.best_score is None:
+            return True
+        return score > self.best_score if self.mode == "max" else score < self.best_score
+
+    def _save_last(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # Epoch end and fit end often fall on the same step: save once.
+        if not self.save_last or trainer.global_step == 0 or self._last_saved_step == trainer.global_step:
+            return
+        meta = {"step": trainer.global_step, "epoch": trainer.current_epoch}
+        self.last_path = self._save(pl_module, "last", meta)
+        self._last_saved_step = trainer.global_step
+
+    def _save(self, pl_module: LightningModule, name: str, meta: dict[str, Any]) -> Path:
+        assert self.dirpath is not None, "setup() resolves dirpath before any save"
+        target = self.dirpath / name
+        _write_atomically(pl_module, target, f"{name}.json", meta)
+        return target
+
+    # ----------------------------------------------------------------------------- resume
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "monitor": self.monitor,
+            "mode": self.mode,
+            "best_score": self.best_score,
+            "best_step": self.best_step,
+            "best_epoch": self.best_epoch,
+            "best_path": str(self.best_path) if self.best_path else None,
+            "last_path": str(self.last_path) if self.last_path else None,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.best_score = state_dict.get("best_score")
+        self.best_step = state_dict.get("best_step")
+        self.best_epoch = state_dict.get("best_epoch")
+        best_path, last_path = state_dict.get("best_path"), state_dict.get("last_path")
+        self.best_path = Path(best_path) if best_path else None
+        self.last_path = Path(last_path) if last_path else None
+
+
+def _staging(target: Path) -> Path:
+    return target.with_name(f".{target.name}.tmp")
+
+
+def _retired(target: Path) -> Path:
+    return target.with_name(f".{target.name}.old")
+
+
+@rank_zero_only
+def _recover(target: Path) -> None:
+    """Finish or undo a swap that a crash interrupted: never leave `target` missing if a copy exists."""
+    if not target.exists() and _retired(target).is_dir():
+        _retired(target).rename(target)
+    for leftover in (_staging(target), _retired(target)):
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
+@rank_zero_only
+def _write_atomically(pl_module: LightningModule, target: Path, meta_name: str, meta: dict[str, Any]) -> None:
+    """Save adapter, tokenizer and `meta_name` into a staging folder, then swap it in for `target`."""
+    if not isinstance(pl_module.model, PeftModel):
+        raise TypeError(
+            f"AdapterCheckpoint saves LoRA adapters, but `pl_module.model` is a {type(pl_module.model).__name__}; "
+            "saving it would write the full base weights. Wrap the model with `peft.get_peft_model` in "
+            "configure_model()."
+        )
+    staging, retired = _staging(target), _retired(target)
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        # A PeftModel saves only the adapter (safetensors + adapter_config.json), never the frozen base.
+        pl_module.model.save_pretrained(staging, safe_serialization=True)
+        tokenizer = getattr(pl_module, "tokenizer", None)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(staging)
+        (staging / meta_name).write_text(json.dumps(meta, indent=2) + "\n")
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    # A directory rename cannot replace a non-empty directory, so retire the old one first;
+    # `_recover` restores it if the process dies between the two renames.
+    shutil.rmtree(retired, ignore_errors=True)
+    if target.exists():
+        target.rename(retired)
+    staging.rename(target)
+    shutil.rmtree(retired, ignore_errors=True)
