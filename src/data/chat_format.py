@@ -37,7 +37,11 @@ END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>")
 class TokenizedExample:
     input_ids: list[int]
     labels: list[int]
-    truncated: bool
+    full_length: int  # before truncation, so statistics can show what max_length cuts
+
+    @property
+    def truncated(self) -> bool:
+        return self.full_length > len(self.input_ids)
 
 
 class ChatFormatter:
@@ -107,10 +111,10 @@ class ChatFormatter:
             ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
             input_ids.extend(ids)
             labels.extend(self.answer_labels(ids) if is_answer else [IGNORE_INDEX] * len(ids))
-        truncated = max_length is not None and len(input_ids) > max_length
-        if truncated:
+        full_length = len(input_ids)
+        if max_length is not None:
             input_ids, labels = input_ids[:max_length], labels[:max_length]
-        return TokenizedExample(input_ids=input_ids, labels=labels, truncated=truncated)
+        return TokenizedExample(input_ids=input_ids, labels=labels, full_length=full_length)
 
     def answer_labels(self, ids: list[int]) -> list[int]:
         """Label an answer's tokens up to and including its end-of-turn token.

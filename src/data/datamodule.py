@@ -27,7 +27,7 @@ from src.data.stats import dataset_statistics, flatten_for_logging, format_stati
 from src.models.loading import load_tokenizer
 from src.models.offline_default import OFFLINE_DEFAULT, cache_root
 
-TOKENIZATION_VERSION = "1"  # bump when tokenisation changes, so stale caches are not reused
+TOKENIZATION_VERSION = "2"  # bump when tokenisation changes, so stale caches are not reused
 
 
 class TutorDataModule(L.LightningDataModule):
@@ -128,6 +128,7 @@ class TutorDataModule(L.LightningDataModule):
                 "labels": example.labels,
                 "truncated": example.truncated,
                 "length": len(example.input_ids),
+                "full_length": example.full_length,
                 "label_tokens": sum(label != IGNORE_INDEX for label in example.labels),
             }
 
@@ -195,7 +196,7 @@ class TutorDataModule(L.LightningDataModule):
     def _report_statistics(self, records: list[Record], tokenized: datasets.Dataset) -> None:
         self.statistics = dataset_statistics(
             records,
-            token_lengths=tokenized["length"],
+            token_lengths=tokenized["full_length"],
             label_token_counts=tokenized["label_tokens"],
             truncated=sum(tokenized["truncated"]),
             max_length=self.hparams.max_length,

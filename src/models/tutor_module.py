@@ -144,6 +144,10 @@ class TutorModule(L.LightningModule):
         loss = causal_lm_loss(self.model, batch)
         if not torch.isfinite(loss):
             self._stop_non_finite("training loss", loss.item())
+        # Counted here, not in on_train_batch_end: callbacks' on_train_batch_end (ModelCheckpoint)
+        # runs before the module's, so a checkpoint would miss the batch it was saved after.
+        self.train_tokens_seen += int(batch["attention_mask"].sum())
+        self.train_examples_seen += len(batch["input_ids"])
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
         return loss
@@ -158,8 +162,6 @@ class TutorModule(L.LightningModule):
 
     def on_train_batch_end(self, outputs: Any, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         tokens = int(batch["attention_mask"].sum())
-        self.train_tokens_seen += tokens
-        self.train_examples_seen += len(batch["input_ids"])
         self.log("train/tokens_per_sec", tokens / max(time.perf_counter() - self._batch_started, 1e-9))
 
     def _stop_non_finite(self, what: str, value: float) -> None:
