@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import PreTrainedModel
+from transformers.pytorch_utils import Conv1D
 
 
 def attach_lora(
@@ -13,18 +15,41 @@ def attach_lora(
     dropout: float,
     target_modules: list[str] | str,
     adapter_path: str | None = None,
+    layers: list[int] | None = None,
 ) -> PeftModel:
     """A fresh trainable adapter, or the adapter saved at `adapter_path` (trainable, to continue).
 
     `target_modules="all-linear"` is PEFT's own search for every linear layer except the output
-    head (seed 004's `find_all_linear_names`), including GPT-2's Conv1D projections.
+    head (seed 004's `find_all_linear_names`), including GPT-2's Conv1D projections. `layers`
+    restricts LoRA to those decoder layers: with only the upper layers adapted, backward stops there
+    and a CPU step costs noticeably less.
     """
     if adapter_path is not None:
         return PeftModel.from_pretrained(model, adapter_path, is_trainable=True)
+    if layers is not None and target_modules == "all-linear":
+        # PEFT refuses `layers_to_transform` with the "all-linear" shorthand: spell the names out.
+        target_modules = linear_module_names(model)
     config = LoraConfig(
-        task_type="CAUSAL_LM", r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules
+        task_type="CAUSAL_LM",
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=target_modules,
+        layers_to_transform=layers,
     )
     return get_peft_model(model, config)
+
+
+def linear_module_names(model: PreTrainedModel) -> list[str]:
+    """Names of every linear projection (GPT-2's Conv1D included) except the output head."""
+    head = model.get_output_embeddings()
+    return sorted(
+        {
+            name.rsplit(".", 1)[-1]
+            for name, module in model.named_modules()
+            if isinstance(module, (torch.nn.Linear, Conv1D)) and module is not head
+        }
+    )
 
 
 def count_parameters(model: PeftModel) -> tuple[int, int]:

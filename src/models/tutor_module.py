@@ -45,6 +45,8 @@ class TutorModule(L.LightningModule):
         lora_alpha: LoRA scaling numerator (the update is scaled by alpha / r).
         lora_dropout: dropout on the LoRA branch.
         target_modules: module names to adapt, or "all-linear" for every linear layer but the head.
+        lora_layers: indices of the decoder layers to adapt; None adapts all. Adapting only the upper
+            layers lets backward stop early (faster steps on CPU).
         gradient_checkpointing: recompute activations in backward to save memory (slower).
         learning_rate: peak learning rate of AdamW.
         weight_decay: AdamW weight decay.
@@ -71,6 +73,7 @@ class TutorModule(L.LightningModule):
         lora_alpha: int = 32,
         lora_dropout: float = 0.05,
         target_modules: list[str] | str = "all-linear",
+        lora_layers: list[int] | None = None,
         gradient_checkpointing: bool = False,
         learning_rate: float = 2e-4,
         weight_decay: float = 0.0,
@@ -110,7 +113,9 @@ class TutorModule(L.LightningModule):
         check_vocabulary_fits(base, self.tokenizer)
         if hp.gradient_checkpointing:
             base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        self.model = attach_lora(base, hp.lora_r, hp.lora_alpha, hp.lora_dropout, hp.target_modules, hp.adapter_path)
+        self.model = attach_lora(
+            base, hp.lora_r, hp.lora_alpha, hp.lora_dropout, hp.target_modules, hp.adapter_path, hp.lora_layers
+        )
         self.model.train()  # from_pretrained returns eval mode; Lightning switches modes per stage from here
         self.formatter = ChatFormatter(self.tokenizer, hp.system_prompt, hp.chat_template)
         trainable, total = count_parameters(self.model)
