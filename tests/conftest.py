@@ -19,6 +19,15 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
     monkeypatch.setenv("TUTOR_TUNE_CACHE", str(tmp_path_factory.getbasetemp() / "tutor-tune-cache"))
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    """Tiny models gain nothing from intra-op threads, and contending for them made tests ~10x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
     return AutoTokenizer.from_pretrained(TINY_TOKENIZER)

@@ -16,15 +16,6 @@ from src.models.tutor_module import TutorModule
 MAX_NEW_TOKENS = 8
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads, and contending for them with other CPU jobs
-    made these tests ~10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 CONVERSATIONS: list[list[Message]] = [
     [{"role": "user", "content": "¿Cuánto es 2 + 2?"}],
     [{"role": "user", "content": "Calcula 12 + 30 y luego 3 × 4, por favor, paso a paso."}],

@@ -15,15 +15,6 @@ VOCAB = 64
 PAD = 2
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads, and contending for them with other CPU jobs
-    made these tests ~10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def tiny_llama() -> LlamaForCausalLM:
     return LlamaForCausalLM(

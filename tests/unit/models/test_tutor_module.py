@@ -27,15 +27,6 @@ MATH_EVAL_SIZE = 2
 BATCH_SIZE = 4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads, and contending for them with other CPU jobs
-    made these tests ~10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def make_module(model_dir: Path, **kwargs: Any) -> TutorModule:
     args = dict(lora_r=4, lora_alpha=8, lora_dropout=0.0, max_new_tokens=4, learning_rate=1e-2, warmup_ratio=0.0)
