@@ -144,9 +144,12 @@ class RunReport(Callback):
             "loss_final": losses[-1] if losses else None,
             "loss_min": min(losses) if losses else None,
             "loss_max": max(losses) if losses else None,
+            "val_loss_final": next((r["val/loss"] for r in reversed(self.history) if "val/loss" in r), None),
             "loss_improvement_pct": (losses[0] - losses[-1]) / losses[0] * 100 if losses and losses[0] else None,
             "total_steps": trainer.global_step,
             "duration_s": duration,
+            # Optimizer steps only: validation, generation and the base-model evaluation excluded.
+            "train_time_s": getattr(pl_module, "train_seconds", None),
             "samples_per_sec": examples / duration if examples is not None and duration > 0 else None,
             "steps_per_sec": trainer.global_step / duration if duration > 0 else None,
             "train_examples_seen": examples,
@@ -240,12 +243,13 @@ class RunReport(Callback):
             f"Minimum loss: {num('loss_min', '.4f')}",
             f"Improvement: {num('loss_improvement_pct', '.2f', '%')}",
             f"Total steps: {s['total_steps']}",
-            f"Training duration: {num('duration_s', '.2f', ' s')}",
+            f"Duration: {num('duration_s', '.2f', ' s')} (training steps alone: {num('train_time_s', '.2f', ' s')})",
             f"Samples/s: {num('samples_per_sec', '.3f')}   Steps/s: {num('steps_per_sec', '.3f')}",
             "Training FLOPs (estimate, 6 x parameters x tokens): "
             + ("n/a" if flops is None else f"{flops:.3e} ({flops / 1e9:,.1f} GFLOPs)"),
             f"Peak memory: {num('peak_memory_mb', '.2f', ' MB')}   "
             + f"Validation peak: {num('val_peak_memory_mb', '.2f', ' MB')}",
+            f"Final validation loss: {num('val_loss_final', '.4f')}",
             f"Math accuracy: base {_pct(s['base_math_acc'])} -> best {_pct(s['best_math_acc'])}"
             + (f" (step {s['best_math_acc_step']})" if s["best_math_acc_step"] is not None else ""),
         ]

@@ -98,6 +98,7 @@ class TutorModule(L.LightningModule):
         self.base_math_metrics: dict[str, float] | None = None
         self.train_tokens_seen = 0
         self.train_examples_seen = 0
+        self.train_seconds = 0.0  # time inside training steps, validation and generation excluded
         self._wrong_answers: list[tuple[str, str, str | None, str]] = []
         self._batch_started = 0.0
 
@@ -166,8 +167,9 @@ class TutorModule(L.LightningModule):
         self.log("train/grad_norm", total)
 
     def on_train_batch_end(self, outputs: Any, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        tokens = int(batch["attention_mask"].sum())
-        self.log("train/tokens_per_sec", tokens / max(time.perf_counter() - self._batch_started, 1e-9))
+        elapsed = max(time.perf_counter() - self._batch_started, 1e-9)
+        self.train_seconds += elapsed
+        self.log("train/tokens_per_sec", int(batch["attention_mask"].sum()) / elapsed)
 
     def _stop_non_finite(self, what: str, value: float) -> None:
         raise NonFiniteTrainingError(
@@ -281,10 +283,15 @@ class TutorModule(L.LightningModule):
         trainable = {name for name, p in self.named_parameters() if p.requires_grad}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
         checkpoint["base_math_metrics"] = self.base_math_metrics
-        checkpoint["train_progress"] = {"tokens": self.train_tokens_seen, "examples": self.train_examples_seen}
+        checkpoint["train_progress"] = {
+            "tokens": self.train_tokens_seen,
+            "examples": self.train_examples_seen,
+            "seconds": self.train_seconds,
+        }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.base_math_metrics = checkpoint.get("base_math_metrics")
         progress = checkpoint.get("train_progress", {})
         self.train_tokens_seen = progress.get("tokens", 0)
         self.train_examples_seen = progress.get("examples", 0)
+        self.train_seconds = progress.get("seconds", 0.0)
