@@ -47,6 +47,8 @@ class TutorDataModule(L.LightningDataModule):
         order: `length_grouped` (little padding), `shuffle`, or `sequential` (file order, for curricula).
         math_eval_size: how many numeric validation items to answer by generation (a fixed seeded
             subset); None for all of them, 0 to skip math evaluation.
+        loss_eval_size: how many validation examples the validation loss is computed on (a fixed
+            seeded subset); None for all of them.
         num_workers: DataLoader workers.
         cache_dir: where tokenised datasets are cached (default: the tutor-tune cache folder).
         model_name: linked from `model.model_name`.
@@ -68,6 +70,7 @@ class TutorDataModule(L.LightningDataModule):
         eval_batch_size: int = 32,
         order: Literal["length_grouped", "shuffle", "sequential"] = "length_grouped",
         math_eval_size: int | None = None,
+        loss_eval_size: int | None = None,
         num_workers: int = 0,
         cache_dir: str | None = None,
         model_name: str = OFFLINE_DEFAULT,
@@ -99,7 +102,7 @@ class TutorDataModule(L.LightningDataModule):
         # Statistics describe the data as given, before answerless truncated examples are skipped.
         self._report_statistics(train_records or val_records, train if train is not None else val)
         self.train_dataset = self._without_answerless(train, "train") if train is not None else None
-        self.val_dataset = self._without_answerless(val, "val")
+        self.val_dataset = self._seeded_subset(self._without_answerless(val, "val"), self.hparams.loss_eval_size)
         self.math_items = self._math_items(val_records)
 
     def _read_splits(self, stage: str) -> tuple[list[Record], list[Record]]:
@@ -155,6 +158,11 @@ class TutorDataModule(L.LightningDataModule):
             )
             tokenized = tokenized.filter(lambda row: row["label_tokens"] > 0)
         return tokenized
+
+    def _seeded_subset(self, dataset: datasets.Dataset, size: int | None) -> datasets.Dataset:
+        if size is None or size >= len(dataset):
+            return dataset
+        return dataset.select(sorted(random.Random(self.hparams.split_seed).sample(range(len(dataset)), size)))
 
     def _fingerprint(self, records: list[Record]) -> str:
         hp = self.hparams

@@ -195,6 +195,20 @@ def test_math_eval_size_picks_a_fixed_subset(tiny_model_dir: Path, tmp_path: Pat
     assert set(subset) < set(everything)
 
 
+def test_loss_eval_size_picks_a_fixed_subset_of_the_validation_examples(
+    tiny_model_dir: Path, tmp_path: Path, train_file: Path
+) -> None:
+    def validation_inputs(size: int | None) -> list[list[int]]:
+        dm = datamodule(tiny_model_dir, tmp_path, train_file=str(train_file), val_fraction=0.25, loss_eval_size=size)
+        dm.setup("fit")
+        return dm.val_dataset["input_ids"]
+
+    everything = validation_inputs(None)
+    subset = validation_inputs(4)
+    assert len(subset) == 4 and subset == validation_inputs(4)
+    assert all(ids in everything for ids in subset)
+
+
 def test_math_loader_yields_left_padded_prompts(tiny_model_dir: Path, tmp_path: Path, train_file: Path) -> None:
     dm = datamodule(tiny_model_dir, tmp_path, train_file=str(train_file), val_fraction=0.25, math_eval_size=4)
     dm.setup("fit")
