@@ -126,3 +126,13 @@ def test_validate_reports_math_accuracy_per_kind(fitted, tiny_model_dir, tmp_pat
     metrics = validated.trainer.callback_metrics
     assert metrics["val/math_acc_count"] == 12
     assert {"val/math_acc", "val/math_acc_strict", "val/math_acc/add_1d"} <= set(metrics)
+
+
+def test_test_and_predict_answer_the_graded_validation_items(fitted, tiny_model_dir, tmp_path) -> None:
+    cli, run_dir = fitted
+    args = [*common_args(tiny_model_dir, tmp_path), "--data.val_file", str(run_dir / "val.jsonl")]
+    tested = cli_main(["test", "--config", str(ROOT / "configs" / "smollm2.yaml"), *args, "--data.math_eval_size", "5"])
+    assert tested.trainer.callback_metrics["val/math_acc_count"] == 5
+    predicted = cli_main(["predict", "--config", str(ROOT / "configs" / "smollm2.yaml"), *args])
+    replies = [reply for batch in predicted.trainer.predict_loop.predictions for reply in batch]
+    assert len(replies) == 12 and all(isinstance(reply, str) for reply in replies)
