@@ -1,0 +1,267 @@
+"""Synthetic arithmetic tutoring data: chat records whose answers end in a graded marker line.
+
+Every assistant answer ends with `Respuesta: N` (Spanish question) or `Answer: N` (English
+question); the strict metric reads only that line. Worked steps are written only for the kinds
+where a 135M model needs them (carrying, borrowing, partial products, precedence): on a 2-core CPU
+every training token costs time. Steps are spaced like the question (`45 - 20 = 25`) so operands and
+operators tokenise as they do there and are copied token for token; the compact `45-20=25` would save
+a third of the step tokens.
+
+Train and validation are disjoint by problem (operands and operators), not by wording, so a
+validation question is never a rephrased training one.
+
+    python -m src.data.arithmetic --out data/arithmetic --train 1300 --val 400 --seed 0 \
+        --weights add_1d=0.5,sub_1d=0.5,mul_1d=0.5,sub_2d=1.5,mul_2d1d=1.5,precedence=1.5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+from collections.abc import Sequence
+from fractions import Fraction
+from pathlib import Path
+
+from src.data.conversation import Record, make_record
+
+KINDS: tuple[str, ...] = ("add_1d", "sub_1d", "mul_1d", "add_2d", "sub_2d", "mul_2d1d", "div", "precedence")
+STEP_KINDS: tuple[str, ...] = ("add_2d", "sub_2d", "mul_2d1d", "div", "precedence")
+"""Kinds that get worked steps by default; 1-digit facts are answered directly."""
+
+LANGS: tuple[str, ...] = ("es", "en")
+MARKERS: dict[str, str] = {"es": "Respuesta", "en": "Answer"}
+TEMPLATES: dict[str, tuple[str, ...]] = {
+    "es": ("¿Cuánto es {e}?", "Calcula {e}", "¿Cuánto da {e}?", "Resuelve {e}", "¿Qué resultado da {e}?"),
+    "en": ("What is {e}?", "Compute {e}", "How much is {e}?", "Calculate {e}", "Solve {e}"),
+}
+# Questions mostly use × and ÷; a minority use the ASCII forms people type, so both are understood.
+MUL_SIGNS: tuple[tuple[str, float], ...] = (("×", 0.7), ("*", 0.15), ("x", 0.15))
+DIV_SIGNS: tuple[tuple[str, float], ...] = (("÷", 0.7), ("/", 0.3))
+
+Problem = tuple[int | str, ...]
+"""Operands and canonical operators, e.g. (45, "-", 27) or (5, "+", 3, "*", 4): the identity of a problem."""
+
+
+def evaluate(problem: Problem) -> int:
+    """Exact value of a problem with the usual precedence (× and ÷ before + and −)."""
+    expr = " ".join(str(t) for t in problem).replace("/", "//")
+    # The operands are small literals we generated ourselves; `//` is exact because every division is.
+    return int(eval(expr, {"__builtins__": {}}))  # noqa: S307
+
+
+def sample_problem(kind: str, rng: random.Random) -> Problem:
+    """Draw one problem of `kind`; divisions are built from their quotient so they are always exact."""
+    if kind == "add_1d":
+        return (rng.randint(0, 9), "+", rng.randint(0, 9))
+    if kind == "sub_1d":
+        # 1-digit subtraction facts as taught: never negative (sub_2d covers negative results).
+        a, b = sorted((rng.randint(0, 9), rng.randint(0, 9)), reverse=True)
+        return (a, "-", b)
+    if kind == "mul_1d":
+        return (rng.randint(1, 9), "*", rng.randint(1, 9))
+    if kind == "add_2d":
+        return (rng.randint(10, 99), "+", rng.randint(10, 99))
+    if kind == "sub_2d":
+        a, b = sorted((rng.randint(10, 99), rng.randint(10, 99)), reverse=True)
+        # About a quarter negative: enough to learn the sign without spending most steps on it.
+        return (b, "-", a) if rng.random() < 0.25 else (a, "-", b)
+    if kind == "mul_2d1d":
+        a, b = rng.randint(10, 99), rng.randint(2, 9)
+        return (b, "*", a) if rng.random() < 0.3 else (a, "*", b)
+    if kind == "div":
+        divisor, quotient = rng.randint(2, 9), rng.randint(1, 12)
+        return (divisor * quotient, "/", divisor)
+    if kind == "precedence":
+        return _sample_precedence(rng)
+    raise ValueError(f"unknown kind {kind!r}; expected one of {', '.join(KINDS)}")
+
+
+def _sample_precedence(rng: random.Random) -> Problem:
+    """Three operands, one of + − and one of × ÷, the strong operator on either side."""
+    weak = rng.choice("+-")
+    if rng.random() < 0.5:
+        x, y = rng.randint(2, 9), rng.randint(2, 9)
+        strong: Problem = (x, "*", y)
+    else:
+        divisor = rng.randint(2, 9)
+        strong = (divisor * rng.randint(1, 9), "/", divisor)
+    other = rng.randint(1, 30)
+    return (other, weak, *strong) if rng.random() < 0.5 else (*strong, weak, other)
+
+
+def render_expression(problem: Problem, rng: random.Random) -> str:
+    """Problem as the question shows it, with one multiplication and one division sign per question."""
+    mul = rng.choices([s for s, _ in MUL_SIGNS], [w for _, w in MUL_SIGNS])[0]
+    div = rng.choices([s for s, _ in DIV_SIGNS], [w for _, w in DIV_SIGNS])[0]
+    signs = {"*": mul, "/": div, "+": "+", "-": "-"}
+    return " ".join(signs[t] if isinstance(t, str) else str(t) for t in problem)
+
+
+def _sym(op: str) -> str:
+    return {"*": "×", "/": "÷"}.get(op, op)
+
+
+def _two_step(a: int, op: str, b: int) -> list[str]:
+    """`a ± b` with a 2-digit b: tens first, then units (carrying and borrowing stay 1-digit)."""
+    tens, units = b - b % 10, b % 10
+    mid = a + tens if op == "+" else a - tens
+    steps = [f"{a} {op} {tens} = {mid}"]
+    if units:
+        steps.append(f"{mid} {op} {units} = {mid + units if op == '+' else mid - units}")
+    return steps
+
+
+def worked_steps(kind: str, problem: Problem) -> list[str]:
+    """Compact intermediate lines for `problem`; empty for kinds answered directly."""
+    if kind in ("add_2d", "sub_2d"):
+        a, op, b = problem
+        assert isinstance(a, int) and isinstance(b, int) and isinstance(op, str)
+        if op == "-" and a < b:
+            # Negative result: subtract the other way round and carry the sign.
+            return [f"{a} - {b} = -({b} - {a})", *_two_step(b, "-", a)]
+        return _two_step(a, op, b)
+    if kind == "mul_2d1d":
+        a, _, b = problem
+        assert isinstance(a, int) and isinstance(b, int)
+        big, small = (a, b) if a >= 10 else (b, a)
+        tens, units = big - big % 10, big % 10
+        if not units:
+            return [f"{tens} × {small} = {tens * small}"]
+        return [
+            f"{tens} × {small} = {tens * small}",
+            f"{units} × {small} = {units * small}",
+            f"{tens * small} + {units * small} = {big * small}",
+        ]
+    if kind == "div":
+        dividend, _, divisor = problem
+        assert isinstance(dividend, int) and isinstance(divisor, int)
+        # Division is recalled as the multiplication fact it inverts.
+        return [f"{divisor} × {dividend // divisor} = {dividend}"]
+    if kind == "precedence":
+        strong_at = 1 if problem[1] in ("*", "/") else 3
+        x, op, y = problem[strong_at - 1], problem[strong_at], problem[strong_at + 1]
+        inner = evaluate((x, op, y))
+        rest = (inner, problem[3], problem[4]) if strong_at == 1 else (problem[0], problem[1], inner)
+        return [f"{x} {_sym(str(op))} {y} = {inner}", f"{rest[0]} {rest[1]} {rest[2]} = {evaluate(rest)}"]
+    return []
+
+
+def make_item(kind: str, problem: Problem, lang: str, rng: random.Random, steps: bool = True) -> Record:
+    """One chat record: a templated question and a tutor answer ending in the marker line."""
+    question = rng.choice(TEMPLATES[lang]).format(e=render_expression(problem, rng))
+    expected = str(evaluate(problem))
+    lines = worked_steps(kind, problem) if steps else []
+    answer = "\n".join([*lines, f"{MARKERS[lang]}: {expected}"])
+    return make_record(
+        [{"role": "user", "content": question}, {"role": "assistant", "content": answer}],
+        kind=kind,
+        expected=expected,
+    )
+
+
+def allocate(total: int, weights: dict[str, float]) -> dict[str, int]:
+    """Split `total` items over kinds in proportion to `weights` (largest remainders get the rest)."""
+    norm = sum(weights.values())
+    exact = {k: total * w / norm for k, w in weights.items()}
+    counts = {k: int(v) for k, v in exact.items()}
+    for k in sorted(exact, key=lambda k: counts[k] - exact[k])[: total - sum(counts.values())]:
+        counts[k] += 1
+    return counts
+
+
+def generate_split(
+    counts: dict[str, int],
+    rng: random.Random,
+    exclude: set[Problem] | None = None,
+    unique: bool = True,
+    step_kinds: Sequence[str] = STEP_KINDS,
+) -> tuple[list[Record], set[Problem]]:
+    """Items per kind, never using a problem in `exclude`; returns the items and the problems used.
+
+    With `unique`, problems do not repeat within the split while the kind has fresh ones left; the
+    1-digit kinds have only 100 problems, so beyond that they repeat with other wording.
+    """
+    exclude = exclude or set()
+    items: list[Record] = []
+    used: set[Problem] = set()
+    for kind in KINDS:
+        seen: set[Problem] = set()
+        for _ in range(counts.get(kind, 0)):
+            problem = _draw(kind, rng, exclude, seen if unique else set())
+            seen.add(problem)
+            items.append(make_item(kind, problem, rng.choice(LANGS), rng, steps=kind in step_kinds))
+        used |= seen
+    rng.shuffle(items)
+    return items, used
+
+
+def _draw(kind: str, rng: random.Random, exclude: set[Problem], seen: set[Problem]) -> Problem:
+    """A problem outside `exclude`, preferably not in `seen`; repeats only once fresh ones run out."""
+    repeat: Problem | None = None
+    for _ in range(500):
+        problem = sample_problem(kind, rng)
+        if problem in exclude:
+            continue
+        if problem not in seen:
+            return problem
+        repeat = repeat or problem
+    if repeat is None:
+        raise ValueError(f"{kind}: no problem left outside the excluded set; ask for fewer items")
+    return repeat
+
+
+def generate(
+    n_train: int,
+    n_val: int,
+    seed: int,
+    weights: dict[str, float] | None = None,
+    step_kinds: Sequence[str] = STEP_KINDS,
+) -> tuple[list[Record], list[Record]]:
+    """Train and val records; val is spread evenly over kinds and drawn first, train avoids its problems."""
+    rng = random.Random(seed)
+    weights = weights or {k: 1.0 for k in KINDS}
+    val, val_problems = generate_split(allocate(n_val, {k: 1.0 for k in KINDS}), rng, step_kinds=step_kinds)
+    train, _ = generate_split(allocate(n_train, weights), rng, exclude=val_problems, step_kinds=step_kinds)
+    return train, val
+
+
+def parse_weights(text: str) -> dict[str, float]:
+    """`"sub_2d=2,precedence=2"` → weights for every kind, unnamed kinds keeping 1."""
+    weights = {k: 1.0 for k in KINDS}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        kind, _, value = part.partition("=")
+        if kind not in weights or not value:
+            raise argparse.ArgumentTypeError(
+                f"bad weight {part!r}: expected KIND=NUMBER with KIND in {', '.join(KINDS)}"
+            )
+        weights[kind] = float(value)
+    return weights
+
+
+def write_jsonl(path: Path, records: list[Record]) -> None:
+    with path.open("w", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, required=True, help="folder for train.jsonl and val.jsonl")
+    parser.add_argument("--train", type=int, default=2400, help="number of training items")
+    parser.add_argument("--val", type=int, default=400, help="number of validation items, even over kinds")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--weights", type=parse_weights, default=None,
+                        help="training mix, e.g. sub_2d=2,precedence=2 (others 1)")
+    parser.add_argument("--steps", action=argparse.BooleanOptionalAction, default=True,
+                        help=f"worked steps for {', '.join(STEP_KINDS)} (--no-steps: bare answers)")
+    args = parser.parse_args(argv)
+    train, val = generate(args.train, args.val, args.seed, args.weights, STEP_KINDS if args.steps else ())
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_jsonl(args.out / "train.jsonl", train)
+    write_jsonl(args.out / "val.jsonl", val)
+    print(f"wrote {len(train)} train and {len(val)} val items to {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,211 @@
+"""Specification of the arithmetic data generator: exact answers, the marker contract, splits, seeds."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from pathlib import Path
+
+import pytest
+
+from src.data.arithmetic import (
+    KINDS,
+    MARKERS,
+    STEP_KINDS,
+    TEMPLATES,
+    allocate,
+    evaluate,
+    generate,
+    main,
+    make_item,
+    parse_weights,
+    sample_problem,
+    worked_steps,
+)
+
+QUESTION_EXPR = re.compile(r"(-?\d+(?: [-+×x*÷/] \d+)+)")
+
+
+@pytest.fixture(scope="module")
+def splits() -> tuple[list[dict], list[dict]]:
+    return generate(800, 240, seed=3)
+
+
+def question_of(record: dict) -> str:
+    return record["messages"][0]["content"]
+
+
+def answer_of(record: dict) -> str:
+    return record["messages"][-1]["content"]
+
+
+def expression_value(question: str) -> int:
+    """Evaluate the expression shown in a question, independently of the generator's own evaluator."""
+    expr = QUESTION_EXPR.search(question)
+    assert expr, f"no expression in {question!r}"
+    python = expr.group(1).replace("×", "*").replace(" x ", " * ").replace("÷", "//").replace(" / ", " // ")
+    return eval(python)  # noqa: S307 - digits and operators matched by QUESTION_EXPR only
+
+
+def language_of(question: str) -> str:
+    """The language whose template wording the question uses."""
+    langs = {lang for lang, forms in TEMPLATES.items() for form in forms if question.startswith(form.split("{e}")[0])}
+    assert len(langs) == 1, question
+    return langs.pop()
+
+
+def problem_key(record: dict) -> str:
+    """The problem behind the wording: the expression with every operator spelled one way."""
+    expr = QUESTION_EXPR.search(question_of(record)).group(1)
+    return expr.replace("×", "*").replace(" x ", " * ").replace("÷", "/")
+
+
+def test_expected_is_the_exact_value_of_the_question(splits):
+    for record in splits[0] + splits[1]:
+        assert record["expected"] == str(expression_value(question_of(record))), question_of(record)
+
+
+def test_records_are_a_user_turn_then_an_assistant_turn_without_system(splits):
+    for record in splits[0] + splits[1]:
+        assert [m["role"] for m in record["messages"]] == ["user", "assistant"]
+
+
+def test_last_line_is_the_marker_in_the_question_language(splits):
+    for record in splits[0] + splits[1]:
+        lang = language_of(question_of(record))
+        marker = MARKERS[lang]
+        assert answer_of(record).splitlines()[-1] == f"{marker}: {record['expected']}"
+
+
+def test_marker_appears_only_on_the_last_line(splits):
+    for record in splits[0]:
+        lines = answer_of(record).splitlines()
+        assert not any(m in line for line in lines[:-1] for m in MARKERS.values())
+
+
+def test_every_kind_and_both_languages_are_present(splits):
+    for split in splits:
+        assert {r["kind"] for r in split} == set(KINDS)
+        finals = {answer_of(r).splitlines()[-1].split(":")[0] for r in split}
+        assert finals == set(MARKERS.values())
+
+
+def test_train_and_val_share_no_problem(splits):
+    train, val = splits
+    assert not {problem_key(r) for r in train} & {problem_key(r) for r in val}
+
+
+def test_val_is_spread_evenly_over_kinds(splits):
+    counts = [sum(r["kind"] == k for r in splits[1]) for k in KINDS]
+    assert counts == [240 // len(KINDS)] * len(KINDS)
+
+
+def test_division_is_always_exact():
+    rng = random.Random(0)
+    for kind in ("div", "precedence"):
+        for _ in range(2000):
+            problem = sample_problem(kind, rng)
+            for i, token in enumerate(problem):
+                if token == "/":
+                    assert problem[i - 1] % problem[i + 1] == 0, problem
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_operand_sizes_match_the_kind(kind):
+    rng = random.Random(1)
+    for _ in range(500):
+        operands = [t for t in sample_problem(kind, rng) if isinstance(t, int)]
+        if kind.endswith("_1d"):
+            assert all(0 <= x <= 9 for x in operands)
+        elif kind in ("add_2d", "sub_2d"):
+            assert all(10 <= x <= 99 for x in operands)
+        elif kind == "mul_2d1d":
+            assert sorted(len(str(x)) for x in operands) == [1, 2]
+        elif kind == "precedence":
+            assert len(operands) == 3
+
+
+def test_sub_1d_is_never_negative():
+    rng = random.Random(4)
+    assert all(evaluate(sample_problem("sub_1d", rng)) >= 0 for _ in range(500))
+
+
+def test_sub_2d_includes_negative_results_and_borrowing():
+    rng = random.Random(2)
+    problems = [sample_problem("sub_2d", rng) for _ in range(400)]
+    assert any(evaluate(p) < 0 for p in problems)
+    assert any(p[0] % 10 < p[2] % 10 and evaluate(p) > 0 for p in problems)
+
+
+@pytest.mark.parametrize(
+    ("kind", "problem", "steps"),
+    [
+        ("add_2d", (45, "+", 27), ["45 + 20 = 65", "65 + 7 = 72"]),
+        ("sub_2d", (45, "-", 27), ["45 - 20 = 25", "25 - 7 = 18"]),
+        ("sub_2d", (27, "-", 45), ["27 - 45 = -(45 - 27)", "45 - 20 = 25", "25 - 7 = 18"]),
+        ("sub_2d", (45, "-", 20), ["45 - 20 = 25"]),
+        ("mul_2d1d", (34, "*", 7), ["30 × 7 = 210", "4 × 7 = 28", "210 + 28 = 238"]),
+        ("mul_2d1d", (7, "*", 34), ["30 × 7 = 210", "4 × 7 = 28", "210 + 28 = 238"]),
+        ("div", (56, "/", 7), ["7 × 8 = 56"]),
+        ("precedence", (5, "+", 3, "*", 4), ["3 × 4 = 12", "5 + 12 = 17"]),
+        ("precedence", (20, "/", 4, "-", 9), ["20 ÷ 4 = 5", "5 - 9 = -4"]),
+        ("add_1d", (3, "+", 4), []),
+    ],
+)
+def test_worked_steps(kind, problem, steps):
+    assert worked_steps(kind, problem) == steps
+
+
+def test_every_step_is_true_arithmetic(splits):
+    step = re.compile(r"^(-?\d+) ([-+×÷]) (\d+) = (-?\d+)$")
+    for record in splits[0]:
+        for line in answer_of(record).splitlines()[:-1]:
+            if "(" in line:  # the sign flip of a negative difference, checked by the final value
+                continue
+            a, op, b, result = step.match(line).groups()
+            assert evaluate((int(a), {"×": "*", "÷": "/"}.get(op, op), int(b))) == int(result), line
+
+
+def test_no_steps_gives_a_bare_marker_line():
+    record = make_item("mul_2d1d", (34, "*", 7), "en", random.Random(0), steps=False)
+    assert answer_of(record) == "Answer: 238"
+
+
+def test_steps_are_written_only_for_step_kinds(splits):
+    for record in splits[0]:
+        has_steps = len(answer_of(record).splitlines()) > 1
+        assert has_steps == (record["kind"] in STEP_KINDS), answer_of(record)
+
+
+def test_allocate_matches_weights_and_total():
+    counts = allocate(10, {"a": 1.0, "b": 1.0, "c": 3.0})
+    assert counts == {"a": 2, "b": 2, "c": 6}
+    assert sum(allocate(2001, {k: 1.0 for k in KINDS}).values()) == 2001
+
+
+def test_parse_weights_keeps_unnamed_kinds_at_one_and_rejects_unknown_kinds():
+    weights = parse_weights("sub_2d=2,precedence=0.5")
+    assert weights["sub_2d"] == 2.0 and weights["precedence"] == 0.5 and weights["add_1d"] == 1.0
+    with pytest.raises(Exception, match="bad weight"):
+        parse_weights("modulo=3")
+
+
+def test_same_seed_same_files_other_seed_other_files(tmp_path: Path):
+    def files(seed: int, name: str) -> tuple[str, str]:
+        out = tmp_path / name
+        main(["--out", str(out), "--train", "120", "--val", "40", "--seed", str(seed)])
+        return (out / "train.jsonl").read_text(), (out / "val.jsonl").read_text()
+
+    first, again, other = files(7, "a"), files(7, "b"), files(8, "c")
+    assert first == again
+    assert first[0] != other[0] and first[1] != other[1]
+
+
+def test_files_hold_one_json_record_per_line(tmp_path: Path):
+    main(["--out", str(tmp_path), "--train", "50", "--val", "16", "--seed", "0", "--no-steps"])
+    lines = (tmp_path / "train.jsonl").read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 50
+    record = json.loads(lines[0])
+    assert set(record) == {"messages", "kind", "expected"}
+    assert all(len(answer_of(json.loads(line)).splitlines()) == 1 for line in lines)
