@@ -16,12 +16,12 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
-from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from src.data.chat_format import IGNORE_INDEX, ChatFormatter
 from src.data.collate import PromptCollator, TrainCollator
 from src.data.conversation import Record
 from src.data.formats import load_records
+from src.data.samplers import LengthGroupedBatchSampler
 from src.data.splits import drop_overlap, split_records
 from src.data.stats import dataset_statistics, flatten_for_logging, format_statistics
 from src.models.loading import load_tokenizer
@@ -216,18 +216,16 @@ class TutorDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         hp = self.hparams
-        generator = torch.Generator().manual_seed(hp.split_seed)
-        sampler = None
+        inputs = self._model_inputs(self.train_dataset)
+        collate = TrainCollator(self.tokenizer.pad_token_id)
         if hp.order == "length_grouped":
-            sampler = LengthGroupedSampler(hp.batch_size, lengths=self.train_dataset["length"], generator=generator)
-        elif hp.order == "shuffle":
-            sampler = torch.utils.data.RandomSampler(self.train_dataset, generator=generator)
+            batches = LengthGroupedBatchSampler(self.train_dataset["length"], hp.batch_size, seed=hp.split_seed)
+            return DataLoader(inputs, batch_sampler=batches, collate_fn=collate, num_workers=hp.num_workers)
+        sampler = None
+        if hp.order == "shuffle":
+            sampler = torch.utils.data.RandomSampler(inputs, generator=torch.Generator().manual_seed(hp.split_seed))
         return DataLoader(
-            self._model_inputs(self.train_dataset),
-            batch_size=hp.batch_size,
-            sampler=sampler,
-            collate_fn=TrainCollator(self.tokenizer.pad_token_id),
-            num_workers=hp.num_workers,
+            inputs, batch_size=hp.batch_size, sampler=sampler, collate_fn=collate, num_workers=hp.num_workers
         )
 
     def val_dataloader(self) -> list[DataLoader]:
