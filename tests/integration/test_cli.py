@@ -62,7 +62,8 @@ def test_fit_logs_to_tensorboard_and_keeps_the_best_adapter_by_math_accuracy(fit
     assert cli.model.base_math_metrics is not None and "val/math_acc" in cli.model.base_math_metrics
     for key in ("train/loss", "train/grad_norm", "train/lr", "val/loss", "val/ppl", "val/math_acc"):
         assert key in cli.trainer.callback_metrics, key
-    assert (log_dir / "adapters" / "metrics.json").is_file() or (log_dir / "metrics.json").is_file()
+    report_files = {"metrics.json", "metrics.csv", "training_metrics.png"}
+    assert report_files <= {p.name for p in (log_dir / "adapters").iterdir()}, "the report sits beside the adapters"
 
 
 def test_the_saved_adapter_loads_with_plain_peft_and_matches_the_trained_weights(fitted, tiny_model_dir) -> None:
