@@ -23,7 +23,7 @@ from src.models.lora import attach_lora, count_parameters
 from src.models.loss import causal_lm_loss
 from src.models.offline_default import OFFLINE_DEFAULT
 
-LOSS_LOADER, MATH_LOADER = 0, 1
+LOSS_LOADER = 0  # validation loader 1 holds the generation prompts for math accuracy
 
 
 class NonFiniteTrainingError(RuntimeError):
