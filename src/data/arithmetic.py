@@ -20,7 +20,6 @@ import argparse
 import json
 import random
 from collections.abc import Sequence
-from fractions import Fraction
 from pathlib import Path
 
 from src.data.conversation import Record, make_record
