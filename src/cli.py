@@ -28,7 +28,9 @@ def cli_main(args: ArgsType = None, run: bool = True) -> TutorCLI:
         run=run,
         save_config_kwargs={"overwrite": True},
         trainer_defaults={
-            "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger", "init_args": {"save_dir": "tb_logs"}}
+            "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger", "init_args": {"save_dir": "tb_logs"}},
+            # The data module shards its own loaders across processes (no repeated validation items).
+            "use_distributed_sampler": False,
         },
     )
 

@@ -3,7 +3,8 @@
 Runs of a 1.5B model on a 4 GB card run out of memory while *generating* during validation, not
 while training, so the validation peak is logged on its own (`memory/val_peak_mb`) next to the
 training-step readings. On CUDA the numbers come from PyTorch's caching allocator; on CPU from the
-kernel's view of the process (VmRSS / VmHWM in /proc/self/status).
+kernel's view of the process (VmRSS / VmHWM in /proc/self/status). With several processes the
+readings are those of rank 0, i.e. per process and per device.
 """
 
 from __future__ import annotations

@@ -1,16 +1,22 @@
 """Synthetic arithmetic tutoring data: chat records whose answers end in a graded marker line.
 
 Every assistant answer ends with `Respuesta: N` (Spanish question) or `Answer: N` (English
-question); the strict metric reads only that line. Worked steps are written only for the kinds
-where a 135M model needs them (carrying, borrowing, partial products, precedence): on a 2-core CPU
-every training token costs time. Steps are spaced like the question (`45 - 20 = 25`) so operands and
-operators tokenise as they do there and are copied token for token; the compact `45-20=25` would save
-a third of the step tokens.
+question); the strict metric reads only that line. Before it come short worked steps: tens then
+units for 2-digit sums and differences, partial products for 2-digit × 1-digit, the strong operator
+first and then the same tens/units steps for precedence, `63÷9=7` for division, and the restated
+expression for 1-digit facts. Steps are written without spaces (`45-20=25`, a third fewer tokens
+than `45 - 20 = 25`): on a 2-core CPU every training token costs time.
+
+Measured with SmolLM2-135M-Instruct on the same 400 held-out questions after the same ~65k training
+tokens: spaced steps 75% vs compact 78% (nothing else changed); sums and differences "bridged
+through ten" (`53-3=50`, `50-3=47`) 75% vs 82% without. Across runs that also differed in other
+ways: division written `9×7=63` 22-36% vs `63÷9=7` 78-84%; precedence in one step 52% vs 66-76%
+with its sum or difference in tens and units.
 
 Train and validation are disjoint by problem (operands and operators), not by wording, so a
 validation question is never a rephrased training one.
 
-    python -m src.data.arithmetic --out data/arithmetic --train 1300 --val 400 --seed 0 \
+    python -m src.data.arithmetic --out data/arithmetic --train 1500 --val 400 --seed 0 \
         --weights add_1d=0.5,sub_1d=0.5,mul_1d=0.5,sub_2d=1.5,mul_2d1d=1.5,precedence=1.5
 """
 
@@ -25,8 +31,8 @@ from pathlib import Path
 from src.data.conversation import Record, make_record
 
 KINDS: tuple[str, ...] = ("add_1d", "sub_1d", "mul_1d", "add_2d", "sub_2d", "mul_2d1d", "div", "precedence")
-STEP_KINDS: tuple[str, ...] = ("add_2d", "sub_2d", "mul_2d1d", "div", "precedence")
-"""Kinds that get worked steps by default; 1-digit facts are answered directly."""
+STEP_KINDS: tuple[str, ...] = KINDS
+"""Kinds that get worked steps by default (for 1-digit facts, the restated expression)."""
 
 LANGS: tuple[str, ...] = ("es", "en")
 MARKERS: dict[str, str] = {"es": "Respuesta", "en": "Answer"}
@@ -104,6 +110,8 @@ def _sym(op: str) -> str:
 def _two_step(a: int, op: str, b: int) -> list[str]:
     """`a ± b` with a 2-digit b: tens first, then units (carrying and borrowing stay 1-digit)."""
     tens, units = b - b % 10, b % 10
+    if not tens:
+        return [f"{a} {op} {b} = {a + b if op == '+' else a - b}"]
     mid = a + tens if op == "+" else a - tens
     steps = [f"{a} {op} {tens} = {mid}"]
     if units:
@@ -111,15 +119,21 @@ def _two_step(a: int, op: str, b: int) -> list[str]:
     return steps
 
 
+def add_sub_steps(a: int, op: str, b: int) -> list[str]:
+    """Steps for `a ± b`: a 1-digit term is added to the 2-digit one; a negative difference is turned round."""
+    if op == "+" and a < 10 <= b:
+        return _two_step(b, "+", a)
+    if op == "-" and a < b:
+        return [f"{a} - {b} = -({b} - {a})", *_two_step(b, "-", a)]
+    return _two_step(a, op, b)
+
+
 def worked_steps(kind: str, problem: Problem) -> list[str]:
-    """Compact intermediate lines for `problem`; empty for kinds answered directly."""
+    """The lines a tutor writes before the marker line (spaced here; `make_item` compacts them)."""
     if kind in ("add_2d", "sub_2d"):
         a, op, b = problem
         assert isinstance(a, int) and isinstance(b, int) and isinstance(op, str)
-        if op == "-" and a < b:
-            # Negative result: subtract the other way round and carry the sign.
-            return [f"{a} - {b} = -({b} - {a})", *_two_step(b, "-", a)]
-        return _two_step(a, op, b)
+        return add_sub_steps(a, op, b)
     if kind == "mul_2d1d":
         a, _, b = problem
         assert isinstance(a, int) and isinstance(b, int)
@@ -135,22 +149,28 @@ def worked_steps(kind: str, problem: Problem) -> list[str]:
     if kind == "div":
         dividend, _, divisor = problem
         assert isinstance(dividend, int) and isinstance(divisor, int)
-        # Division is recalled as the multiplication fact it inverts.
-        return [f"{divisor} × {dividend // divisor} = {dividend}"]
+        # Written in the division direction, as precedence steps write it: `63 ÷ 9 = 7` (as
+        # `9 × 7 = 63` the quotient had to be recalled backwards from the product: 36% vs 84% right).
+        return [f"{dividend} ÷ {divisor} = {dividend // divisor}"]
     if kind == "precedence":
         strong_at = 1 if problem[1] in ("*", "/") else 3
         x, op, y = problem[strong_at - 1], problem[strong_at], problem[strong_at + 1]
         inner = evaluate((x, op, y))
         rest = (inner, problem[3], problem[4]) if strong_at == 1 else (problem[0], problem[1], inner)
-        return [f"{x} {_sym(str(op))} {y} = {inner}", f"{rest[0]} {rest[1]} {rest[2]} = {evaluate(rest)}"]
-    return []
+        a, weak, b = rest
+        assert isinstance(a, int) and isinstance(b, int) and isinstance(weak, str)
+        return [f"{x} {_sym(str(op))} {y} = {inner}", *add_sub_steps(a, weak, b)]
+    # 1-digit facts: the expression is restated, so the result is written right after its operands.
+    a, op, b = problem[:3]
+    return [f"{a} {_sym(str(op))} {b} = {evaluate(problem)}"]
 
 
 def make_item(kind: str, problem: Problem, lang: str, rng: random.Random, steps: bool = True) -> Record:
     """One chat record: a templated question and a tutor answer ending in the marker line."""
     question = rng.choice(TEMPLATES[lang]).format(e=render_expression(problem, rng))
     expected = str(evaluate(problem))
-    lines = worked_steps(kind, problem) if steps else []
+    # Steps are written without spaces (`45-20=25`): a third fewer tokens than `45 - 20 = 25`.
+    lines = [line.replace(" ", "") for line in worked_steps(kind, problem)] if steps else []
     answer = "\n".join([*lines, f"{MARKERS[lang]}: {expected}"])
     return make_record(
         [{"role": "user", "content": question}, {"role": "assistant", "content": answer}],

@@ -2,6 +2,11 @@
 
 Validation has two loaders: teacher-forced batches for loss/perplexity, and left-padded prompts of
 the items with a numeric answer, which the model answers by generation for math accuracy.
+
+Under data parallelism the module shards its own loaders (Lightning's distributed samplers are
+switched off by the CLI): training batches are length-grouped globally and split between processes,
+and each validation item is seen by exactly one process. Lightning's `DistributedSampler` would
+repeat items to even out the shards and count them twice in the math accuracy.
 """
 
 from __future__ import annotations
@@ -89,6 +94,11 @@ class TutorDataModule(L.LightningDataModule):
     @property
     def math_kinds(self) -> list[str]:
         return sorted({item["kind"] for item in self.math_items if item["kind"]})
+
+    def prepare_data(self) -> None:
+        # Lightning calls this once per machine before any process's `setup`: the first run's
+        # conversion of the offline default is done once, not raced by every process.
+        load_tokenizer(self.hparams.model_name, self.hparams.gguf_file, self.hparams.tokenizer_name)
 
     def setup(self, stage: str) -> None:
         if self.formatter is not None:
@@ -214,13 +224,32 @@ class TutorDataModule(L.LightningDataModule):
         if logger is not None:
             logger.log_metrics(flatten_for_logging(self.statistics), step=0)
 
+    def _replicas(self) -> tuple[int, int]:
+        """(number of data-parallel processes, this process's rank); (1, 0) outside a trainer."""
+        trainer = self.trainer
+        if trainer is None or trainer.world_size == 1:
+            return 1, 0
+        if trainer._accelerator_connector.use_distributed_sampler:
+            raise ValueError(
+                "TutorDataModule shards its own loaders across processes; set trainer.use_distributed_sampler=false "
+                "(the CLI's default) so Lightning does not shard them a second time."
+            )
+        return trainer.world_size, trainer.global_rank
+
     def train_dataloader(self) -> DataLoader:
         hp = self.hparams
         inputs = self._model_inputs(self.train_dataset)
         collate = TrainCollator(self.tokenizer.pad_token_id)
+        replicas, rank = self._replicas()
         if hp.order == "length_grouped":
-            batches = LengthGroupedBatchSampler(self.train_dataset["length"], hp.batch_size, seed=hp.split_seed)
+            batches = LengthGroupedBatchSampler(
+                self.train_dataset["length"], hp.batch_size, seed=hp.split_seed, num_replicas=replicas, rank=rank
+            )
             return DataLoader(inputs, batch_sampler=batches, collate_fn=collate, num_workers=hp.num_workers)
+        if replicas > 1:
+            raise ValueError(
+                f"data.order={hp.order!r} runs in one process only; use data.order=length_grouped with several devices."
+            )
         sampler = None
         if hp.order == "shuffle":
             sampler = torch.utils.data.RandomSampler(inputs, generator=torch.Generator().manual_seed(hp.split_seed))
@@ -230,9 +259,11 @@ class TutorDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> list[DataLoader]:
         hp = self.hparams
+        replicas, rank = self._replicas()
+        val = self._model_inputs(self.val_dataset)
         loaders = [
             DataLoader(
-                self._model_inputs(self.val_dataset),
+                val.select(range(rank, len(val), replicas)) if replicas > 1 else val,
                 batch_size=hp.eval_batch_size,
                 collate_fn=TrainCollator(self.tokenizer.pad_token_id),
                 num_workers=hp.num_workers,
@@ -245,6 +276,8 @@ class TutorDataModule(L.LightningDataModule):
     def math_dataloader(self) -> DataLoader:
         # Longest prompts first: similar lengths share a batch, and memory peaks show up at once.
         items = sorted(self.math_items, key=lambda item: -len(item["prompt_ids"]))
+        replicas, rank = self._replicas()
+        items = items[rank::replicas]
         return DataLoader(
             items,
             batch_size=self.hparams.eval_batch_size,

@@ -67,7 +67,12 @@ def ensure_offline_default() -> Path:
     scratch = Path(tempfile.mkdtemp(prefix=".dequantising-", dir=target.parent))
     try:
         dequantise_gguf(folder, gguf_file, scratch)
-        scratch.rename(target)
+        try:
+            scratch.rename(target)
+        except OSError:
+            # Another process finished the same conversion first; its copy is identical.
+            if not (target / "config.json").is_file():
+                raise
     finally:
         if scratch.exists():
             shutil.rmtree(scratch)

@@ -101,6 +101,7 @@ class TutorModule(L.LightningModule):
         self.train_seconds = 0.0  # time inside training steps, validation and generation excluded
         self._wrong_answers: list[tuple[str, str, str | None, str]] = []
         self._batch_started = 0.0
+        self._step_tokens = 0
 
     # ----------------------------------------------------------------------------------- building
     def configure_model(self) -> None:
@@ -152,8 +153,12 @@ class TutorModule(L.LightningModule):
             self._stop_non_finite("training loss", loss.item())
         # Counted here, not in on_train_batch_end: callbacks' on_train_batch_end (ModelCheckpoint)
         # runs before the module's, so a checkpoint would miss the batch it was saved after.
-        self.train_tokens_seen += int(batch["attention_mask"].sum())
-        self.train_examples_seen += len(batch["input_ids"])
+        # Summed over data-parallel processes (one scalar all-reduce): the counts describe the run.
+        local = torch.tensor([int(batch["attention_mask"].sum()), len(batch["input_ids"])], dtype=torch.long)
+        tokens, examples = (int(n) for n in self.trainer.strategy.reduce(local, reduce_op="sum"))
+        self._step_tokens = tokens
+        self.train_tokens_seen += tokens
+        self.train_examples_seen += examples
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
         return loss
@@ -169,7 +174,7 @@ class TutorModule(L.LightningModule):
     def on_train_batch_end(self, outputs: Any, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         elapsed = max(time.perf_counter() - self._batch_started, 1e-9)
         self.train_seconds += elapsed
-        self.log("train/tokens_per_sec", int(batch["attention_mask"].sum()) / elapsed)
+        self.log("train/tokens_per_sec", self._step_tokens / elapsed)
 
     def _stop_non_finite(self, what: str, value: float) -> None:
         raise NonFiniteTrainingError(
@@ -190,11 +195,12 @@ class TutorModule(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         if self.val_loss.update_count:
             loss = self.val_loss.compute()
-            self.log("val/loss", loss, prog_bar=True)
-            self.log("val/ppl", torch.exp(loss))
+            # Metrics are already reduced over processes by torchmetrics; sync_dist only confirms it.
+            self.log("val/loss", loss, prog_bar=True, sync_dist=True)
+            self.log("val/ppl", torch.exp(loss), sync_dist=True)
             self.val_loss.reset()
         if self.math_accuracy.update_count:
-            self.log_dict(self._math_metrics(), prog_bar=False)
+            self.log_dict(self._math_metrics(), prog_bar=False, sync_dist=True)
             self._log_wrong_answers(self.global_step)
 
     def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:

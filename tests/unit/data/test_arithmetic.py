@@ -147,18 +147,26 @@ def test_sub_2d_includes_negative_results_and_borrowing():
         ("sub_2d", (45, "-", 20), ["45 - 20 = 25"]),
         ("mul_2d1d", (34, "*", 7), ["30 × 7 = 210", "4 × 7 = 28", "210 + 28 = 238"]),
         ("mul_2d1d", (7, "*", 34), ["30 × 7 = 210", "4 × 7 = 28", "210 + 28 = 238"]),
-        ("div", (56, "/", 7), ["7 × 8 = 56"]),
-        ("precedence", (5, "+", 3, "*", 4), ["3 × 4 = 12", "5 + 12 = 17"]),
-        ("precedence", (20, "/", 4, "-", 9), ["20 ÷ 4 = 5", "5 - 9 = -4"]),
-        ("add_1d", (3, "+", 4), []),
+        ("div", (56, "/", 7), ["56 ÷ 7 = 8"]),
+        ("precedence", (5, "+", 3, "*", 4), ["3 × 4 = 12", "12 + 5 = 17"]),
+        ("precedence", (20, "/", 4, "-", 9), ["20 ÷ 4 = 5", "5 - 9 = -(9 - 5)", "9 - 5 = 4"]),
+        ("precedence", (25, "+", 42, "/", 6), ["42 ÷ 6 = 7", "25 + 7 = 32"]),
+        ("precedence", (9, "*", 9, "-", 27), ["9 × 9 = 81", "81 - 20 = 61", "61 - 7 = 54"]),
+        ("add_1d", (3, "+", 4), ["3 + 4 = 7"]),
+        ("mul_1d", (6, "*", 7), ["6 × 7 = 42"]),
     ],
 )
 def test_worked_steps(kind, problem, steps):
     assert worked_steps(kind, problem) == steps
 
 
+def test_answers_write_the_steps_without_spaces():
+    record = make_item("sub_2d", (27, "-", 45), "es", random.Random(0))
+    assert answer_of(record) == "27-45=-(45-27)\n45-20=25\n25-7=18\nRespuesta: -18"
+
+
 def test_every_step_is_true_arithmetic(splits):
-    step = re.compile(r"^(-?\d+) ([-+×÷]) (\d+) = (-?\d+)$")
+    step = re.compile(r"^(-?\d+)([-+×÷])(\d+)=(-?\d+)$")
     for record in splits[0]:
         for line in answer_of(record).splitlines()[:-1]:
             if "(" in line:  # the sign flip of a negative difference, checked by the final value
@@ -172,10 +180,9 @@ def test_no_steps_gives_a_bare_marker_line():
     assert answer_of(record) == "Answer: 238"
 
 
-def test_steps_are_written_only_for_step_kinds(splits):
-    for record in splits[0]:
-        has_steps = len(answer_of(record).splitlines()) > 1
-        assert has_steps == (record["kind"] in STEP_KINDS), answer_of(record)
+def test_every_kind_writes_steps_by_default(splits):
+    assert set(STEP_KINDS) == set(KINDS)
+    assert all(len(answer_of(record).splitlines()) > 1 for record in splits[0])
 
 
 def test_allocate_matches_weights_and_total():

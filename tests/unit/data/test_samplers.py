@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import random
 
+import pytest
+
 from src.data.samplers import LengthGroupedBatchSampler
 
 _RNG = random.Random(0)
@@ -39,3 +41,27 @@ def test_order_is_seeded_and_changes_with_the_epoch() -> None:
     epoch_zero = list(first)
     first.set_epoch(1)
     assert list(first) != epoch_zero
+
+
+def test_processes_share_each_global_batch_without_overlap() -> None:
+    shares = [list(LengthGroupedBatchSampler(LENGTHS, batch_size=2, seed=1, num_replicas=2, rank=r)) for r in (0, 1)]
+    assert len(shares[0]) == len(shares[1]) == 100
+    for first, second in zip(*shares):
+        assert len(first) == len(second) == 2 and not set(first) & set(second)
+    assert sorted(i for share in shares for batch in share for i in batch) == list(range(400))
+
+
+def test_two_processes_of_batch_two_see_the_batches_of_one_process_of_batch_four() -> None:
+    single = list(LengthGroupedBatchSampler(LENGTHS, batch_size=4, seed=1))
+    shares = [list(LengthGroupedBatchSampler(LENGTHS, batch_size=2, seed=1, num_replicas=2, rank=r)) for r in (0, 1)]
+    assert [sorted(a + b) for a, b in zip(*shares)] == [sorted(batch) for batch in single]
+
+
+def test_a_last_batch_too_small_to_share_is_dropped_so_every_process_steps_together() -> None:
+    shares = [list(LengthGroupedBatchSampler([10] * 9, batch_size=2, seed=0, num_replicas=4, rank=r)) for r in range(4)]
+    assert [len(s) for s in shares] == [1, 1, 1, 1]
+
+
+def test_rank_outside_the_replicas_is_refused() -> None:
+    with pytest.raises(ValueError, match="rank 2 is outside 0..1"):
+        LengthGroupedBatchSampler(LENGTHS, batch_size=2, num_replicas=2, rank=2)
