@@ -116,16 +116,20 @@ def test_loss_ignores_what_padding_holds() -> None:
     torch.testing.assert_close(causal_lm_loss(model, other), causal_lm_loss(model, batch), rtol=0, atol=1e-6)
 
 
-def test_softcapped_logits_take_hf_path(monkeypatch: pytest.MonkeyPatch) -> None:
-    torch.manual_seed(0)
-    model = with_lora(tiny_gemma2())
-    assert model.get_base_model().config.final_logit_softcapping
-    assert not supports_label_only_logits(model)
+def assert_hf_path_gives_hf_loss_in_one_forward(model, monkeypatch: pytest.MonkeyPatch) -> None:
     batch = padded_batch()
     expected = hf_loss(model, batch)
     calls = count_full_forwards(model, monkeypatch)
     torch.testing.assert_close(causal_lm_loss(model, batch), expected, rtol=0, atol=1e-6)
     assert calls == [1]
+
+
+def test_softcapped_logits_take_hf_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.manual_seed(0)
+    model = with_lora(tiny_gemma2())
+    assert model.get_base_model().config.final_logit_softcapping
+    assert not supports_label_only_logits(model)
+    assert_hf_path_gives_hf_loss_in_one_forward(model, monkeypatch)
 
 
 def test_head_with_a_bias_takes_hf_path(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -136,11 +140,7 @@ def test_head_with_a_bias_takes_hf_path(monkeypatch: pytest.MonkeyPatch) -> None
         base.get_output_embeddings().bias.normal_()
     model = with_lora(base)
     assert not supports_label_only_logits(model)
-    batch = padded_batch()
-    expected = hf_loss(model, batch)
-    calls = count_full_forwards(model, monkeypatch)
-    torch.testing.assert_close(causal_lm_loss(model, batch), expected, rtol=0, atol=1e-6)
-    assert calls == [1]
+    assert_hf_path_gives_hf_loss_in_one_forward(model, monkeypatch)
 
 
 def test_non_linear_head_is_not_label_only() -> None:
