@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from src.data.arithmetic import (
+    DRILL_KINDS,
     KINDS,
     MARKERS,
     STEP_KINDS,
@@ -27,9 +28,17 @@ from src.data.arithmetic import (
 QUESTION_EXPR = re.compile(r"(-?\d+(?: [-+×x*÷/] \d+)+)")
 
 
+DRILLED = {**{k: 1.0 for k in KINDS}, **{k: 1.0 for k in DRILL_KINDS}}
+
+
 @pytest.fixture(scope="module")
 def splits() -> tuple[list[dict], list[dict]]:
     return generate(800, 240, seed=3)
+
+
+@pytest.fixture(scope="module")
+def drilled_splits() -> tuple[list[dict], list[dict]]:
+    return generate(800, 240, seed=3, weights=DRILLED)
 
 
 def question_of(record: dict) -> str:
@@ -142,18 +151,22 @@ def test_sub_2d_includes_negative_results_and_borrowing():
     ("kind", "problem", "steps"),
     [
         ("add_2d", (45, "+", 27), ["45 + 20 = 65", "65 + 7 = 72"]),
-        ("sub_2d", (45, "-", 27), ["45 - 20 = 25", "25 - 7 = 18"]),
-        ("sub_2d", (27, "-", 45), ["27 - 45 = -(45 - 27)", "45 - 20 = 25", "25 - 7 = 18"]),
-        ("sub_2d", (45, "-", 20), ["45 - 20 = 25"]),
+        ("sub_2d", (45, "-", 27), ["45 > 27", "45 - 20 = 25", "25 - 7 = 18"]),
+        ("sub_2d", (27, "-", 45), ["27 < 45", "27 - 45 = -(45 - 27)", "45 - 20 = 25", "25 - 7 = 18"]),
+        ("sub_2d", (45, "-", 20), ["45 > 20", "45 - 20 = 25"]),
+        ("sub_2d", (38, "-", 38), ["38 = 38", "38 - 30 = 8", "8 - 8 = 0"]),
         ("mul_2d1d", (34, "*", 7), ["30 × 7 = 210", "4 × 7 = 28", "210 + 28 = 238"]),
         ("mul_2d1d", (7, "*", 34), ["30 × 7 = 210", "4 × 7 = 28", "210 + 28 = 238"]),
         ("div", (56, "/", 7), ["56 ÷ 7 = 8"]),
+        ("div", (84, "/", 7), ["84 ÷ 7 = 12"]),
         ("precedence", (5, "+", 3, "*", 4), ["3 × 4 = 12", "12 + 5 = 17"]),
-        ("precedence", (20, "/", 4, "-", 9), ["20 ÷ 4 = 5", "5 - 9 = -(9 - 5)", "9 - 5 = 4"]),
+        ("precedence", (20, "/", 4, "-", 9), ["20 ÷ 4 = 5", "5 < 9", "5 - 9 = -(9 - 5)", "9 - 5 = 4"]),
         ("precedence", (25, "+", 42, "/", 6), ["42 ÷ 6 = 7", "25 + 7 = 32"]),
-        ("precedence", (9, "*", 9, "-", 27), ["9 × 9 = 81", "81 - 20 = 61", "61 - 7 = 54"]),
+        ("precedence", (9, "*", 9, "-", 27), ["9 × 9 = 81", "81 > 27", "81 - 20 = 61", "61 - 7 = 54"]),
         ("add_1d", (3, "+", 4), ["3 + 4 = 7"]),
         ("mul_1d", (6, "*", 7), ["6 × 7 = 42"]),
+        ("sub_2d1d", (53, "-", 6), ["53 - 6 = 47"]),
+        ("sub_2d_neg", (27, "-", 45), ["27 < 45", "27 - 45 = -(45 - 27)", "45 - 20 = 25", "25 - 7 = 18"]),
     ],
 )
 def test_worked_steps(kind, problem, steps):
@@ -162,17 +175,26 @@ def test_worked_steps(kind, problem, steps):
 
 def test_answers_write_the_steps_without_spaces():
     record = make_item("sub_2d", (27, "-", 45), "es", random.Random(0))
-    assert answer_of(record) == "27-45=-(45-27)\n45-20=25\n25-7=18\nRespuesta: -18"
+    assert answer_of(record) == "27<45\n27-45=-(45-27)\n45-20=25\n25-7=18\nRespuesta: -18"
 
 
-def test_every_step_is_true_arithmetic(splits):
+def test_every_step_is_true_arithmetic(drilled_splits):
     step = re.compile(r"^(-?\d+)([-+×÷])(\d+)=(-?\d+)$")
-    for record in splits[0]:
+    split_dividend = re.compile(r"^(\d+)=(\d+)\+(\d+)$")
+    comparison = re.compile(r"^(\d+)([<>=])(\d+)$")
+    for record in drilled_splits[0]:
         for line in answer_of(record).splitlines()[:-1]:
             if "(" in line:  # the sign flip of a negative difference, checked by the final value
                 continue
-            a, op, b, result = step.match(line).groups()
-            assert evaluate((int(a), {"×": "*", "÷": "/"}.get(op, op), int(b))) == int(result), line
+            if match := split_dividend.match(line):
+                whole, tens, rest = map(int, match.groups())
+                assert whole == tens + rest, line
+            elif match := comparison.match(line):
+                a, sign, b = match.groups()
+                assert {"<": int(a) < int(b), ">": int(a) > int(b), "=": a == b}[sign], line
+            else:
+                a, op, b, result = step.match(line).groups()
+                assert evaluate((int(a), {"×": "*", "÷": "/"}.get(op, op), int(b))) == int(result), line
 
 
 def test_no_steps_gives_a_bare_marker_line():
@@ -180,9 +202,37 @@ def test_no_steps_gives_a_bare_marker_line():
     assert answer_of(record) == "Answer: 238"
 
 
-def test_every_kind_writes_steps_by_default(splits):
-    assert set(STEP_KINDS) == set(KINDS)
-    assert all(len(answer_of(record).splitlines()) > 1 for record in splits[0])
+def test_every_kind_writes_steps_by_default(drilled_splits):
+    assert set(STEP_KINDS) == {*KINDS, *DRILL_KINDS}
+    assert all(len(answer_of(record).splitlines()) > 1 for record in drilled_splits[0])
+
+
+def test_drills_are_trained_only_when_weighted_and_never_validated(splits, drilled_splits):
+    assert not {r["kind"] for split in splits for r in split} & set(DRILL_KINDS)
+    train, val = drilled_splits
+    assert {r["kind"] for r in train} == {*KINDS, *DRILL_KINDS}
+    assert {r["kind"] for r in val} == set(KINDS)
+
+
+def test_drills_leave_the_validation_questions_unchanged(splits):
+    assert [question_of(r) for r in generate(800, 240, seed=3, weights=DRILLED)[1]] == [
+        question_of(r) for r in splits[1]
+    ]
+
+
+def test_sub_2d1d_drills_subtract_a_digit_mostly_with_borrowing():
+    rng = random.Random(5)
+    problems = [sample_problem("sub_2d1d", rng) for _ in range(400)]
+    assert all(10 <= a <= 99 and 0 <= b <= 9 for a, _, b in problems)
+    borrowing = sum(a % 10 < b for a, _, b in problems)
+    assert 0.5 < borrowing / len(problems) < 0.9
+    assert any(b == 0 for _, _, b in problems)
+
+
+def test_sub_2d_neg_drills_are_always_negative_2_digit_differences():
+    rng = random.Random(6)
+    problems = [sample_problem("sub_2d_neg", rng) for _ in range(400)]
+    assert all(10 <= a < b <= 99 for a, _, b in problems)
 
 
 def test_allocate_matches_weights_and_total():
@@ -194,6 +244,8 @@ def test_allocate_matches_weights_and_total():
 def test_parse_weights_keeps_unnamed_kinds_at_one_and_rejects_unknown_kinds():
     weights = parse_weights("sub_2d=2,precedence=0.5")
     assert weights["sub_2d"] == 2.0 and weights["precedence"] == 0.5 and weights["add_1d"] == 1.0
+    assert weights["sub_2d1d"] == 0.0  # drills only when asked for
+    assert parse_weights("sub_2d1d=1")["sub_2d1d"] == 1.0
     with pytest.raises(Exception, match="bad weight"):
         parse_weights("modulo=3")
 
