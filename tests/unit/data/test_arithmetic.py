@@ -166,6 +166,7 @@ def test_sub_2d_includes_negative_results_and_borrowing():
         ("add_1d", (3, "+", 4), ["3 + 4 = 7"]),
         ("mul_1d", (6, "*", 7), ["6 × 7 = 42"]),
         ("sub_2d1d", (53, "-", 6), ["53 - 6 = 47"]),
+        ("add_2d1d", (13, "+", 7), ["13 + 7 = 20"]),
         ("sub_2d_neg", (27, "-", 45), ["27 < 45", "27 - 45 = -(45 - 27)", "45 - 20 = 25", "25 - 7 = 18"]),
     ],
 )
@@ -227,6 +228,14 @@ def test_sub_2d1d_drills_subtract_a_digit_mostly_with_borrowing():
     borrowing = sum(a % 10 < b for a, _, b in problems)
     assert 0.5 < borrowing / len(problems) < 0.9
     assert any(b == 0 for _, _, b in problems)
+
+
+def test_add_2d1d_drills_add_a_digit_mostly_carrying_into_the_tens():
+    rng = random.Random(7)
+    problems = [sample_problem("add_2d1d", rng) for _ in range(400)]
+    assert all(10 <= a <= 99 and 1 <= b <= 9 for a, _, b in problems)
+    carrying = sum(a % 10 + b >= 10 for a, _, b in problems)
+    assert 0.5 < carrying / len(problems) < 0.95
 
 
 def test_sub_2d_neg_drills_are_always_negative_2_digit_differences():
