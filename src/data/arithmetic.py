@@ -42,7 +42,8 @@ DRILL_KINDS: tuple[str, ...] = ("sub_2d1d", "add_2d1d", "sub_2d_neg")
 """Training-only practice of what the graded kinds lean on: a digit taken from or added to a 2-digit
 number (`53-6=47`, `13+7=20`) and 2-digit differences that come out negative (the `27<45`
 comparison). Never validated."""
-STEP_KINDS: tuple[str, ...] = (*KINDS, *DRILL_KINDS)
+ALL_KINDS: tuple[str, ...] = (*KINDS, *DRILL_KINDS)
+STEP_KINDS: tuple[str, ...] = ALL_KINDS
 """Kinds that get worked steps by default (for 1-digit facts, the restated expression)."""
 
 LANGS: tuple[str, ...] = ("es", "en")
@@ -105,7 +106,7 @@ def sample_problem(kind: str, rng: random.Random) -> Problem:
         return (divisor * quotient, "/", divisor)
     if kind == "precedence":
         return _sample_precedence(rng)
-    raise ValueError(f"unknown kind {kind!r}; expected one of {', '.join((*KINDS, *DRILL_KINDS))}")
+    raise ValueError(f"unknown kind {kind!r}; expected one of {', '.join(ALL_KINDS)}")
 
 
 def _sample_precedence(rng: random.Random) -> Problem:
@@ -158,7 +159,7 @@ def add_sub_steps(a: int, op: str, b: int) -> list[str]:
 
 def worked_steps(kind: str, problem: Problem) -> list[str]:
     """The lines a tutor writes before the marker line (spaced here; `make_item` compacts them)."""
-    if kind in ("add_2d", "sub_2d", "sub_2d_neg", "add_2d1d"):
+    if kind in ("add_2d", "sub_2d", "sub_2d_neg"):
         a, op, b = problem
         assert isinstance(a, int) and isinstance(b, int) and isinstance(op, str)
         return add_sub_steps(a, op, b)
@@ -232,7 +233,7 @@ def generate_split(
     exclude = exclude or set()
     items: list[Record] = []
     used: set[Problem] = set()
-    for kind in (*KINDS, *DRILL_KINDS):
+    for kind in ALL_KINDS:
         seen: set[Problem] = set()
         for _ in range(counts.get(kind, 0)):
             problem = _draw(kind, rng, exclude, seen if unique else set())
