@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Literal, TypedDict
 
+from src.errors import TutorTuneError
+
 Role = Literal["system", "user", "assistant"]
 ROLES: tuple[str, ...] = ("system", "user", "assistant")
 
@@ -30,7 +32,7 @@ class Record(TypedDict):
     expected: str | None
 
 
-class DataFormatError(ValueError):
+class DataFormatError(TutorTuneError, ValueError):
     """Bad input data: the message names the file, the line or block, and what was expected."""
 
     def __init__(self, path: str, where: str | None, problem: str) -> None:

@@ -16,6 +16,7 @@ from transformers import get_scheduler
 from src.data.chat_format import ChatFormatter
 from src.data.collate import PromptCollator
 from src.data.conversation import Message
+from src.errors import TutorTuneError
 from src.metrics.math_accuracy import MathAccuracy, graded_results
 from src.models.generation import generate_greedy
 from src.models.loading import check_vocabulary_fits, load_base_model, load_tokenizer
@@ -26,7 +27,7 @@ from src.models.offline_default import OFFLINE_DEFAULT
 LOSS_LOADER = 0  # validation loader 1 holds the generation prompts for math accuracy
 
 
-class NonFiniteTrainingError(RuntimeError):
+class NonFiniteTrainingError(TutorTuneError, RuntimeError):
     """The loss or gradient norm became NaN/Inf: continuing would only write a broken adapter."""
 
 
