@@ -16,7 +16,7 @@ class TutorCLI(LightningCLI):
         # tokenizer, and the model renders generation prompts exactly as the data was rendered.
         for key in ("model_name", "gguf_file", "tokenizer_name"):
             parser.link_arguments(f"model.{key}", f"data.{key}")
-        for key in ("system_prompt", "chat_template"):
+        for key in ("system_prompt", "chat_template", "packing"):
             parser.link_arguments(f"data.{key}", f"model.{key}")
 
 

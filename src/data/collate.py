@@ -1,8 +1,9 @@
-"""Batch padding: right-padded training batches and left-padded generation prompts.
+"""Batch padding: right-padded training batches and left-padded generation prompts; packed rows.
 
 `DataCollatorForSeq2Seq` pads labels with -100 too, but it pads every field to the same side; the
 generation batches need left padding while carrying non-tensor metadata (expected answer, kind),
-so both collators are a few lines here.
+so both collators are a few lines here. Packed (padding-free) batches come from transformers'
+`DataCollatorWithFlattening`.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from transformers import DataCollatorWithFlattening
 
 from src.data.chat_format import IGNORE_INDEX
 
@@ -61,3 +63,20 @@ class PromptCollator:
             "expected": [i["expected"] for i in items],
             "kind": [i["kind"] for i in items],
         }
+
+
+def packing_collator() -> DataCollatorWithFlattening:
+    """All examples of a batch concatenated into one row (1, ΣT): no padding at all.
+
+    `position_ids` restart at 0 for each example, which is how transformers finds the boundaries
+    attention must not cross (see src/models/packing.py); each example's first label becomes -100,
+    so no position learns to predict the next example's first token.
+    """
+    return DataCollatorWithFlattening(return_tensors="pt", return_position_ids=True, separator_id=IGNORE_INDEX)
+
+
+def count_tokens_and_examples(batch: dict[str, torch.Tensor]) -> tuple[int, int]:
+    """(real tokens, examples) of a padded or a packed batch: padding is not a token, a packed row is many examples."""
+    if "position_ids" in batch:  # packed: no padding, and every example starts again at position 0
+        return batch["input_ids"].numel(), int((batch["position_ids"] == 0).sum())
+    return int(batch["attention_mask"].sum()), len(batch["input_ids"])

@@ -21,9 +21,10 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
+from transformers import DataCollatorWithFlattening
 
 from src.data.chat_format import IGNORE_INDEX, ChatFormatter
-from src.data.collate import PromptCollator, TrainCollator
+from src.data.collate import PromptCollator, TrainCollator, packing_collator
 from src.data.conversation import Record
 from src.data.formats import load_records
 from src.data.samplers import LengthGroupedBatchSampler
@@ -50,6 +51,9 @@ class TutorDataModule(L.LightningDataModule):
         batch_size: training batch size.
         eval_batch_size: batch size for validation loss and for generation.
         order: `length_grouped` (little padding), `shuffle`, or `sequential` (file order, for curricula).
+        packing: concatenate each batch's examples into one row without padding (`position_ids`
+            restart per example so attention stops at each boundary); a step still holds
+            `batch_size` examples, so step counts and the lr schedule do not change.
         math_eval_size: how many numeric validation items to answer by generation (a fixed seeded
             subset); None for all of them, 0 to skip math evaluation.
         loss_eval_size: how many validation examples the validation loss is computed on (a fixed
@@ -74,6 +78,7 @@ class TutorDataModule(L.LightningDataModule):
         batch_size: int = 8,
         eval_batch_size: int = 32,
         order: Literal["length_grouped", "shuffle", "sequential"] = "length_grouped",
+        packing: bool = False,
         math_eval_size: int | None = None,
         loss_eval_size: int | None = None,
         num_workers: int = 0,
@@ -239,7 +244,7 @@ class TutorDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         hp = self.hparams
         inputs = self._model_inputs(self.train_dataset)
-        collate = TrainCollator(self.tokenizer.pad_token_id)
+        collate = self._train_collator()
         replicas, rank = self._replicas()
         if hp.order == "length_grouped":
             batches = LengthGroupedBatchSampler(
@@ -265,13 +270,17 @@ class TutorDataModule(L.LightningDataModule):
             DataLoader(
                 val.select(range(rank, len(val), replicas)) if replicas > 1 else val,
                 batch_size=hp.eval_batch_size,
-                collate_fn=TrainCollator(self.tokenizer.pad_token_id),
+                collate_fn=self._train_collator(),
                 num_workers=hp.num_workers,
             )
         ]
         if self.math_items and hp.math_eval_size != 0:
             loaders.append(self.math_dataloader())
         return loaders
+
+    def _train_collator(self) -> TrainCollator | DataCollatorWithFlattening:
+        """Teacher-forced batches: one packed row per batch, or right-padded rows."""
+        return packing_collator() if self.hparams.packing else TrainCollator(self.tokenizer.pad_token_id)
 
     def math_dataloader(self) -> DataLoader:
         # Longest prompts first: similar lengths share a batch, and memory peaks show up at once.

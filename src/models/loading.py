@@ -67,16 +67,22 @@ def load_base_model(
     architecture_overrides: dict[str, Any] | None = None,
     dtype: torch.dtype = torch.float32,
     seed: int = 0,
+    attn_implementation: str | None = None,
 ) -> PreTrainedModel:
-    """The frozen base causal LM, in `dtype` (precision plugins cast activations, not weights)."""
+    """The frozen base causal LM, in `dtype` (precision plugins cast activations, not weights).
+
+    `attn_implementation` (sdpa, eager, flash_attention_2) picks the attention kernel; None keeps
+    transformers' choice.
+    """
+    attn = {"attn_implementation": attn_implementation} if attn_implementation else {}
     if random_init:
         config = load_architecture_config(model_name, architecture, architecture_overrides)
         with torch.random.fork_rng():
             torch.manual_seed(seed)
-            model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+            model = AutoModelForCausalLM.from_config(config, dtype=dtype, **attn)
     else:
         source, gguf = resolve_source(model_name, gguf_file)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **({"gguf_file": gguf} if gguf else {}))
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **attn, **({"gguf_file": gguf} if gguf else {}))
         if gguf:
             # Dequantised GGUF weights are plain tensors; the marker only blocks saving and PEFT merges.
             model.hf_quantizer = None

@@ -14,15 +14,18 @@ from torchmetrics import MeanMetric
 from transformers import get_scheduler
 
 from src.data.chat_format import ChatFormatter
-from src.data.collate import PromptCollator
+from src.data.collate import PromptCollator, count_tokens_and_examples
 from src.data.conversation import Message
 from src.errors import TutorTuneError
 from src.metrics.math_accuracy import MathAccuracy, graded_results
+from src.models.attention import check_attn_implementation
+from src.models.compile import compile_repeated_blocks
 from src.models.generation import generate_greedy
 from src.models.loading import check_vocabulary_fits, load_base_model, load_tokenizer
 from src.models.lora import attach_lora, count_parameters
 from src.models.loss import causal_lm_loss
 from src.models.offline_default import OFFLINE_DEFAULT
+from src.models.packing import check_packing_support
 
 LOSS_LOADER = 0  # validation loader 1 holds the generation prompts for math accuracy
 
@@ -49,6 +52,9 @@ class TutorModule(L.LightningModule):
         lora_layers: indices of the decoder layers to adapt; None adapts all. Adapting only the upper
             layers lets backward stop early (faster steps on CPU).
         gradient_checkpointing: recompute activations in backward to save memory (slower).
+        attn_implementation: attention kernel: "sdpa", "eager" or "flash_attention_2" (CUDA and the
+            flash-attn package); None keeps transformers' default (sdpa where supported).
+        compile: `torch.compile` each decoder block in place (pays off on GPU after the first steps).
         learning_rate: peak learning rate of AdamW.
         weight_decay: AdamW weight decay.
         warmup_ratio: share of the optimizer steps spent warming up linearly.
@@ -59,6 +65,7 @@ class TutorModule(L.LightningModule):
         system_prompt: linked from `data.system_prompt`.
         chat_template: linked from `data.chat_template`.
         seed: seed of random initialisation.
+        packing: linked from `data.packing`; packed batches need a model that keeps examples apart.
     """
 
     def __init__(
@@ -76,6 +83,8 @@ class TutorModule(L.LightningModule):
         target_modules: list[str] | str = "all-linear",
         lora_layers: list[int] | None = None,
         gradient_checkpointing: bool = False,
+        attn_implementation: str | None = None,
+        compile: bool = False,
         learning_rate: float = 2e-4,
         weight_decay: float = 0.0,
         warmup_ratio: float = 0.05,
@@ -86,6 +95,7 @@ class TutorModule(L.LightningModule):
         system_prompt: str | None = None,
         chat_template: str | None = None,
         seed: int = 0,
+        packing: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -109,9 +119,11 @@ class TutorModule(L.LightningModule):
         if self.model is not None:
             return
         hp = self.hparams
+        check_attn_implementation(hp.attn_implementation)
         self.tokenizer = load_tokenizer(hp.model_name, hp.gguf_file, hp.tokenizer_name)
         base = load_base_model(
-            hp.model_name, hp.gguf_file, hp.random_init, hp.architecture, hp.architecture_overrides, seed=hp.seed
+            hp.model_name, hp.gguf_file, hp.random_init, hp.architecture, hp.architecture_overrides, seed=hp.seed,
+            attn_implementation=hp.attn_implementation,
         )
         check_vocabulary_fits(base, self.tokenizer)
         if hp.gradient_checkpointing:
@@ -120,6 +132,10 @@ class TutorModule(L.LightningModule):
             base, hp.lora_r, hp.lora_alpha, hp.lora_dropout, hp.target_modules, hp.adapter_path, hp.lora_layers
         )
         self.model.train()  # from_pretrained returns eval mode; Lightning switches modes per stage from here
+        if hp.packing:
+            check_packing_support(self.model)
+        if hp.compile:
+            compile_repeated_blocks(self.model)
         self.formatter = ChatFormatter(self.tokenizer, hp.system_prompt, hp.chat_template)
         trainable, total = count_parameters(self.model)
         rank_zero_info(f"Trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)")
@@ -155,7 +171,7 @@ class TutorModule(L.LightningModule):
         # Counted here, not in on_train_batch_end: callbacks' on_train_batch_end (ModelCheckpoint)
         # runs before the module's, so a checkpoint would miss the batch it was saved after.
         # Summed over data-parallel processes (one scalar all-reduce): the counts describe the run.
-        local = torch.tensor([int(batch["attention_mask"].sum()), len(batch["input_ids"])], dtype=torch.long)
+        local = torch.tensor(count_tokens_and_examples(batch), dtype=torch.long)  # padding excluded, packed rows split
         tokens, examples = (int(n) for n in self.trainer.strategy.reduce(local, reduce_op="sum"))
         self._step_tokens = tokens
         self.train_tokens_seen += tokens
