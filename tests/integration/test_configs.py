@@ -64,3 +64,10 @@ def test_a_few_steps_of_each_config_on_a_scaled_down_random_model(config: Path, 
     assert cli.model.model.get_base_model().config.num_hidden_layers == 2
     assert "train/loss" in cli.trainer.callback_metrics
     assert "val/loss" in cli.trainer.callback_metrics
+
+
+def test_data_packing_is_linked_into_the_model() -> None:
+    # The data module packs the batches; the model must know, to check its attention keeps examples apart.
+    for value in ("true", "false"):
+        cli = cli_main(["--config", str(ROOT / "configs/smollm2.yaml"), "--data.packing", value], run=False)
+        assert cli.datamodule.hparams.packing is cli.model.hparams.packing is (value == "true")
