@@ -21,7 +21,6 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
-from transformers import DataCollatorWithFlattening
 
 from src.data.chat_format import IGNORE_INDEX, ChatFormatter
 from src.data.collate import PromptCollator, TrainCollator, packing_collator
@@ -51,9 +50,10 @@ class TutorDataModule(L.LightningDataModule):
         batch_size: training batch size.
         eval_batch_size: batch size for validation loss and for generation.
         order: `length_grouped` (little padding), `shuffle`, or `sequential` (file order, for curricula).
-        packing: concatenate each batch's examples into one row without padding (`position_ids`
-            restart per example so attention stops at each boundary); a step still holds
-            `batch_size` examples, so step counts and the lr schedule do not change.
+        packing: concatenate each training batch's examples into one row without padding
+            (`position_ids` restart per example so attention stops at each boundary); a step still
+            holds `batch_size` examples, so step counts and the lr schedule do not change.
+            Validation batches stay padded.
         math_eval_size: how many numeric validation items to answer by generation (a fixed seeded
             subset); None for all of them, 0 to skip math evaluation.
         loss_eval_size: how many validation examples the validation loss is computed on (a fixed
@@ -244,7 +244,7 @@ class TutorDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         hp = self.hparams
         inputs = self._model_inputs(self.train_dataset)
-        collate = self._train_collator()
+        collate = packing_collator() if hp.packing else TrainCollator(self.tokenizer.pad_token_id)
         replicas, rank = self._replicas()
         if hp.order == "length_grouped":
             batches = LengthGroupedBatchSampler(
@@ -270,17 +270,15 @@ class TutorDataModule(L.LightningDataModule):
             DataLoader(
                 val.select(range(rank, len(val), replicas)) if replicas > 1 else val,
                 batch_size=hp.eval_batch_size,
-                collate_fn=self._train_collator(),
+                # Padded even with packing: sdpa/eager attend over a whole packed row, masked, so eval batches
+                # of 50 examples would cost (50 T)² attention scores instead of 50 T².
+                collate_fn=TrainCollator(self.tokenizer.pad_token_id),
                 num_workers=hp.num_workers,
             )
         ]
         if self.math_items and hp.math_eval_size != 0:
             loaders.append(self.math_dataloader())
         return loaders
-
-    def _train_collator(self) -> TrainCollator | DataCollatorWithFlattening:
-        """Teacher-forced batches: one packed row per batch, or right-padded rows."""
-        return packing_collator() if self.hparams.packing else TrainCollator(self.tokenizer.pad_token_id)
 
     def math_dataloader(self) -> DataLoader:
         # Longest prompts first: similar lengths share a batch, and memory peaks show up at once.

@@ -1,5 +1,5 @@
 """TutorDataModule with `packing=True`: the same examples in the same steps as the padded batches, each
-batch one row with no padding at all, measured on the bundled data sets."""
+training batch one row with no padding at all (measured on the bundled data sets); validation stays padded."""
 
 from __future__ import annotations
 
@@ -60,10 +60,9 @@ def test_packing_computes_only_real_tokens_in_the_same_steps(
     assert packed_fraction == 1.0 > padded_fraction
 
 
-def test_packed_validation_batches_hold_eval_batch_size_examples(tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_validation_batches_stay_padded(tiny_model_dir: Path, tmp_path: Path) -> None:
+    # A packed row of eval_batch_size examples would cost its whole length squared in sdpa/eager attention.
     dm = datamodule(tiny_model_dir, tmp_path, DATA / "math_tutor" / "math_tutor.jsonl", 2, packing=True)
-    loss_loader = dm.val_dataloader()[0]
-    counts = [count_tokens_and_examples(batch) for batch in loss_loader]
-    assert [examples for _, examples in counts[:-1]] == [8] * (len(counts) - 1)
-    assert sum(examples for _, examples in counts) == len(dm.val_dataset)
-    assert sum(tokens for tokens, _ in counts) == sum(dm.val_dataset["length"])
+    batches = list(dm.val_dataloader()[0])
+    assert all("attention_mask" in batch and "position_ids" not in batch for batch in batches)
+    assert [len(batch["input_ids"]) for batch in batches[:-1]] == [8] * (len(batches) - 1)
