@@ -2,10 +2,26 @@
 
 from __future__ import annotations
 
+from typing import Any, Literal
+
+from lightning.pytorch import Trainer
 from lightning.pytorch.cli import ArgsType, LightningCLI
+from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.trainer.connectors.accelerator_connector import _PRECISION_INPUT
 
 from src.data.datamodule import TutorDataModule
+from src.models.precision import AUTO, resolve_precision
 from src.models.tutor_module import TutorModule
+
+
+class TutorTrainer(Trainer):
+    """Lightning's Trainer, plus `precision: auto`: the fastest precision this machine computes natively."""
+
+    def __init__(self, *args: Any, precision: _PRECISION_INPUT | Literal["auto"] | None = None, **kwargs: Any) -> None:
+        resolved, why = resolve_precision(precision, kwargs.get("accelerator", "auto"))
+        if precision == AUTO:
+            rank_zero_info(f"trainer.precision: auto -> {resolved} ({why})")
+        super().__init__(*args, precision=resolved, **kwargs)
 
 
 class TutorCLI(LightningCLI):
@@ -24,6 +40,7 @@ def cli_main(args: ArgsType = None, run: bool = True) -> TutorCLI:
     return TutorCLI(
         TutorModule,
         TutorDataModule,
+        trainer_class=TutorTrainer,
         args=args,
         run=run,
         save_config_kwargs={"overwrite": True},

@@ -57,3 +57,11 @@ def count_parameters(model: PeftModel) -> tuple[int, int]:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     return trainable, total
+
+
+def keep_trainable_in_float32(model: torch.nn.Module) -> None:
+    """LoRA weights (and so their gradients and optimizer state) in float32 whatever the base dtype:
+    bf16/fp16 updates of lr × gradient round away against weights of much larger magnitude."""
+    for parameter in model.parameters():
+        if parameter.requires_grad and parameter.dtype != torch.float32:
+            parameter.data = parameter.data.float()

@@ -22,10 +22,11 @@ from src.models.attention import check_attn_implementation
 from src.models.compile import compile_repeated_blocks
 from src.models.generation import generate_greedy
 from src.models.loading import check_vocabulary_fits, load_base_model, load_tokenizer
-from src.models.lora import attach_lora, count_parameters
+from src.models.lora import attach_lora, count_parameters, keep_trainable_in_float32
 from src.models.loss import causal_lm_loss
 from src.models.offline_default import OFFLINE_DEFAULT
 from src.models.packing import check_packing_support
+from src.models.precision import weight_dtype
 
 LOSS_LOADER = 0  # validation loader 1 holds the generation prompts for math accuracy
 
@@ -122,8 +123,8 @@ class TutorModule(L.LightningModule):
         check_attn_implementation(hp.attn_implementation)
         self.tokenizer = load_tokenizer(hp.model_name, hp.gguf_file, hp.tokenizer_name)
         base = load_base_model(
-            hp.model_name, hp.gguf_file, hp.random_init, hp.architecture, hp.architecture_overrides, seed=hp.seed,
-            attn_implementation=hp.attn_implementation,
+            hp.model_name, hp.gguf_file, hp.random_init, hp.architecture, hp.architecture_overrides,
+            dtype=self.base_weight_dtype, seed=hp.seed, attn_implementation=hp.attn_implementation,
         )
         check_vocabulary_fits(base, self.tokenizer)
         if hp.gradient_checkpointing:
@@ -131,6 +132,7 @@ class TutorModule(L.LightningModule):
         self.model = attach_lora(
             base, hp.lora_r, hp.lora_alpha, hp.lora_dropout, hp.target_modules, hp.adapter_path, hp.lora_layers
         )
+        keep_trainable_in_float32(self.model)
         self.model.train()  # from_pretrained returns eval mode; Lightning switches modes per stage from here
         if hp.packing:
             check_packing_support(self.model)
@@ -139,6 +141,11 @@ class TutorModule(L.LightningModule):
         self.formatter = ChatFormatter(self.tokenizer, hp.system_prompt, hp.chat_template)
         trainable, total = count_parameters(self.model)
         rank_zero_info(f"Trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)")
+
+    @property
+    def base_weight_dtype(self) -> torch.dtype:
+        """The trainer's compute dtype (bf16 under bf16-mixed, fp16 under 16-mixed), else float32."""
+        return weight_dtype(self.trainer.precision) if self._trainer is not None else torch.float32
 
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
@@ -262,7 +269,8 @@ class TutorModule(L.LightningModule):
             return None
         was_training = self.model.training
         self.model.eval()
-        with self.model.disable_adapter():
+        # The precision plugin's autocast, as in validation_step: base and tuned answers computed alike.
+        with self.model.disable_adapter(), self.trainer.precision_plugin.forward_context():
             for batch in datamodule.math_dataloader():
                 self._grade_batch(batch)
         self.model.train(was_training)

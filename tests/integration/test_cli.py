@@ -12,6 +12,7 @@ from transformers import AutoModelForCausalLM
 from conftest import arithmetic_rows, write_jsonl
 from src.callbacks.run_report import RunReport
 from src.cli import cli_main
+import src.models.precision as precision
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "data" / "examples"
@@ -137,3 +138,15 @@ def test_test_and_predict_answer_the_graded_validation_items(fitted, tiny_model_
     predicted = cli_main(["predict", "--config", str(ROOT / "configs" / "smollm2.yaml"), *args])
     replies = [reply for batch in predicted.trainer.predict_loop.predictions for reply in batch]
     assert len(replies) == 12 and all(isinstance(reply, str) for reply in replies)
+
+
+@pytest.mark.parametrize(("fast_bf16", "expected"), [(True, "bf16-mixed"), (False, "32-true")])
+def test_auto_precision_is_resolved_for_this_machine(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fast_bf16: bool, expected: str
+) -> None:
+    monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda: fast_bf16)
+    cli = cli_main(
+        ["--config", str(ROOT / "configs" / "smollm2.yaml"), *common_args(tiny_model_dir, tmp_path)],
+        run=False,
+    )
+    assert cli.trainer.precision == expected

@@ -295,3 +295,32 @@ def test_resume_continues_at_the_same_step(
     assert base_evaluations == []
     assert module.base_math_metrics == first.base_math_metrics
     assert module.train_examples_seen == 4 * BATCH_SIZE
+
+
+# ------------------------------------------------------------------------------------ precision
+@pytest.mark.parametrize(("precision", "base_dtype"), [("bf16-mixed", torch.bfloat16), ("32-true", torch.float32)])
+def test_base_weights_take_the_compute_dtype_and_lora_stays_float32(
+    tiny_model_dir: Path, tmp_path: Path, precision: str, base_dtype: torch.dtype
+) -> None:
+    L.seed_everything(0)
+    module = make_module(tiny_model_dir)
+    trainer = make_trainer(tmp_path, 2, precision=precision)
+    before = None
+
+    class Capture(Callback):
+        def on_train_start(self, trainer: L.Trainer, module: TutorModule) -> None:
+            nonlocal before
+            before = snapshot(module)
+
+    trainer.callbacks.append(Capture())
+    trainer.fit(module, datamodule=make_datamodule(tiny_model_dir, tmp_path))
+    frozen = {p.dtype for n, p in module.named_parameters() if not p.requires_grad}
+    trainable = {p.dtype for p in module.parameters() if p.requires_grad}
+    assert frozen == {base_dtype}
+    assert trainable == {torch.float32}
+    state = trainer.optimizers[0].state.values()
+    assert {s["exp_avg"].dtype for s in state} == {torch.float32}
+    lora_b = [n for n in before if "lora_B" in n]
+    after = snapshot(module)
+    assert all(not torch.equal(before[n], after[n]) for n in lora_b)  # small fp32 updates are not rounded away
+    assert math.isfinite(trainer.callback_metrics["train/loss"].item())
