@@ -8,6 +8,7 @@ Sources: a hub id, a local folder, a GGUF file inside either (`gguf_file=`), the
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from src.models.offline_default import OFFLINE_DEFAULT, ensure_offline_default
+from src.models.quantization import bnb_config
 
 
 def resolve_source(model_name: str, gguf_file: str | None = None) -> tuple[str, str | None]:
@@ -68,11 +70,14 @@ def load_base_model(
     dtype: torch.dtype = torch.float32,
     seed: int = 0,
     attn_implementation: str | None = None,
+    quantization: str | None = None,
+    device: torch.device | str = "cpu",
 ) -> PreTrainedModel:
     """The frozen base causal LM, in `dtype` (precision plugins cast activations, not weights).
 
     `attn_implementation` (sdpa, eager, flash_attention_2) picks the attention kernel; None keeps
-    transformers' choice.
+    transformers' choice. `quantization` ("nf4", "int8") loads the linear layers as bitsandbytes 4-/8-bit
+    layers straight onto `device` (quantised as each weight arrives); the rest stays in `dtype`.
     """
     attn = {"attn_implementation": attn_implementation} if attn_implementation else {}
     if random_init:
@@ -80,14 +85,33 @@ def load_base_model(
         with torch.random.fork_rng():
             torch.manual_seed(seed)
             model = AutoModelForCausalLM.from_config(config, dtype=dtype, **attn)
+        if quantization is not None:
+            # transformers quantises only in from_pretrained: write the random weights once and load them back.
+            with tempfile.TemporaryDirectory(prefix="tutor-tune-random-") as folder:
+                model.save_pretrained(folder)
+                del model
+                model = _from_pretrained(folder, None, dtype, attn, quantization, device)
     else:
         source, gguf = resolve_source(model_name, gguf_file)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **attn, **({"gguf_file": gguf} if gguf else {}))
+        model = _from_pretrained(source, gguf, dtype, attn, quantization, device)
         if gguf:
             # Dequantised GGUF weights are plain tensors; the marker only blocks saving and PEFT merges.
             model.hf_quantizer = None
     model.requires_grad_(False)
     return model
+
+
+def _from_pretrained(
+    source: str, gguf: str | None, dtype: torch.dtype, attn: dict[str, str], quantization: str | None, device
+) -> PreTrainedModel:
+    kwargs: dict[str, Any] = dict(attn)
+    if gguf:
+        kwargs["gguf_file"] = gguf
+    quantization_config = bnb_config(quantization, dtype)
+    if quantization_config is not None:
+        # bitsandbytes layers are quantised when moved to their device: load straight there.
+        kwargs |= {"quantization_config": quantization_config, "device_map": {"": str(device)}}
+    return AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
 
 
 def check_vocabulary_fits(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:

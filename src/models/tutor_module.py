@@ -24,9 +24,11 @@ from src.models.generation import generate_greedy
 from src.models.loading import check_vocabulary_fits, load_base_model, load_tokenizer
 from src.models.lora import attach_lora, count_parameters, keep_trainable_in_float32
 from src.models.loss import causal_lm_loss
+from src.models.optimizers import OptimizerName, build_optimizer, check_optimizer
 from src.models.offline_default import OFFLINE_DEFAULT
 from src.models.packing import check_packing_support
 from src.models.precision import weight_dtype
+from src.models.quantization import Quantization, check_quantization, prepare_for_kbit_training
 
 LOSS_LOADER = 0  # validation loader 1 holds the generation prompts for math accuracy
 
@@ -56,8 +58,12 @@ class TutorModule(L.LightningModule):
         attn_implementation: attention kernel: "sdpa", "eager" or "flash_attention_2" (CUDA and the
             flash-attn package); None keeps transformers' default (sdpa where supported).
         compile: `torch.compile` each decoder block in place (pays off on GPU after the first steps).
-        learning_rate: peak learning rate of AdamW.
-        weight_decay: AdamW weight decay.
+        quantization: "nf4" (4-bit NormalFloat, double-quantised) or "int8" frozen base weights through
+            bitsandbytes (QLoRA), computing in the trainer's precision; None keeps them in that dtype.
+        optimizer: "adamw", "adamw_fused" (one fused kernel), "adamw_8bit" or "paged_adamw_8bit"
+            (bitsandbytes: 2 bytes of state a parameter instead of 8; paged spills to host RAM).
+        learning_rate: peak learning rate of the optimizer.
+        weight_decay: decoupled weight decay.
         warmup_ratio: share of the optimizer steps spent warming up linearly.
         lr_scheduler: transformers scheduler name after warmup ("cosine", "linear", "constant_with_warmup").
         max_new_tokens: generation budget for each math answer.
@@ -86,6 +92,8 @@ class TutorModule(L.LightningModule):
         gradient_checkpointing: bool = False,
         attn_implementation: str | None = None,
         compile: bool = False,
+        quantization: Quantization | None = None,
+        optimizer: OptimizerName = "adamw",
         learning_rate: float = 2e-4,
         weight_decay: float = 0.0,
         warmup_ratio: float = 0.05,
@@ -121,13 +129,23 @@ class TutorModule(L.LightningModule):
             return
         hp = self.hparams
         check_attn_implementation(hp.attn_implementation)
+        device = self.trainer.strategy.root_device if self._trainer is not None else torch.device("cpu")
+        check_quantization(hp.quantization, device.type, hp.gguf_file)
+        check_optimizer(hp.optimizer, device.type)
         self.tokenizer = load_tokenizer(hp.model_name, hp.gguf_file, hp.tokenizer_name)
         base = load_base_model(
             hp.model_name, hp.gguf_file, hp.random_init, hp.architecture, hp.architecture_overrides,
             dtype=self.base_weight_dtype, seed=hp.seed, attn_implementation=hp.attn_implementation,
+            quantization=hp.quantization, device=device,
         )
         check_vocabulary_fits(base, self.tokenizer)
-        if hp.gradient_checkpointing:
+        if hp.quantization is not None:
+            saved = prepare_for_kbit_training(base, hp.gradient_checkpointing)
+            rank_zero_info(
+                f"{hp.quantization} base weights; embedding and head kept in {self.base_weight_dtype} "
+                f"rather than PEFT's float32 ({saved / 2**20:.0f} MiB saved)"
+            )
+        elif hp.gradient_checkpointing:
             base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.model = attach_lora(
             base, hp.lora_r, hp.lora_alpha, hp.lora_dropout, hp.target_modules, hp.adapter_path, hp.lora_layers
@@ -156,7 +174,7 @@ class TutorModule(L.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
         trainable = [p for p in self.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(trainable, lr=hp.learning_rate, weight_decay=hp.weight_decay)
+        optimizer = build_optimizer(hp.optimizer, trainable, hp.learning_rate, hp.weight_decay)
         total_steps = int(self.trainer.estimated_stepping_batches)
         scheduler = get_scheduler(
             hp.lr_scheduler, optimizer, num_warmup_steps=round(hp.warmup_ratio * total_steps), num_training_steps=total_steps
