@@ -1,0 +1,1 @@
+"""Benchmarks: this project against the libraries' standard recipes, measured side by side."""
