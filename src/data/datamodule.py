@@ -18,14 +18,14 @@ from typing import Any, Literal
 
 import datasets
 import lightning as L
-import torch
 from lightning.pytorch.utilities import rank_zero_info
-from torch.utils.data import DataLoader
+from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, SequentialSampler
 
 from src.data.chat_format import IGNORE_INDEX, ChatFormatter
 from src.data.collate import PromptCollator, TrainCollator, packing_collator
 from src.data.conversation import Record
 from src.data.formats import load_records
+from src.data.resumable import ResumableBatchSampler
 from src.data.samplers import LengthGroupedBatchSampler
 from src.data.splits import drop_overlap, split_records
 from src.data.stats import dataset_statistics, flatten_for_logging, format_statistics
@@ -95,6 +95,7 @@ class TutorDataModule(L.LightningDataModule):
         self.val_dataset: datasets.Dataset | None = None
         self.math_items: list[dict[str, Any]] = []
         self.statistics: dict[str, Any] = {}
+        self._resume_position: dict[str, int] | None = None  # from a checkpoint, for the next training loader
 
     @property
     def math_kinds(self) -> list[str]:
@@ -250,17 +251,37 @@ class TutorDataModule(L.LightningDataModule):
             batches = LengthGroupedBatchSampler(
                 self.train_dataset["length"], hp.batch_size, seed=hp.split_seed, num_replicas=replicas, rank=rank
             )
-            return DataLoader(inputs, batch_sampler=batches, collate_fn=collate, num_workers=hp.num_workers)
-        if replicas > 1:
+        elif replicas > 1:
             raise ValueError(
                 f"data.order={hp.order!r} runs in one process only; use data.order=length_grouped with several devices."
             )
-        sampler = None
-        if hp.order == "shuffle":
-            sampler = torch.utils.data.RandomSampler(inputs, generator=torch.Generator().manual_seed(hp.split_seed))
-        return DataLoader(
-            inputs, batch_size=hp.batch_size, sampler=sampler, collate_fn=collate, num_workers=hp.num_workers
-        )
+        else:
+            # Seeded by `split_seed` + epoch (set_epoch), so a resumed run replays the same order.
+            order = (
+                DistributedSampler(inputs, num_replicas=1, rank=0, shuffle=True, seed=hp.split_seed)
+                if hp.order == "shuffle"
+                else SequentialSampler(inputs)
+            )
+            batches = BatchSampler(order, hp.batch_size, drop_last=False)
+        resumable = ResumableBatchSampler(batches)
+        if self._resume_position is not None:
+            resumable.resume(**self._resume_position)
+            self._resume_position = None
+        return DataLoader(inputs, batch_sampler=resumable, collate_fn=collate, num_workers=hp.num_workers)
+
+    # ----------------------------------------------------------------------------------- resuming
+    def state_dict(self) -> dict[str, Any]:
+        """Saved in every checkpoint: where training is in the epoch's seeded batch order."""
+        trainer = self.trainer
+        if trainer is None:
+            return {}
+        # Batches consumed by training, not fetched: Lightning fetches one batch ahead.
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return {"train_position": {"epoch": trainer.current_epoch, "batches_done": done}}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # Restored before the training loader is built, which then starts at the next batch.
+        self._resume_position = state_dict.get("train_position")
 
     def val_dataloader(self) -> list[DataLoader]:
         hp = self.hparams
