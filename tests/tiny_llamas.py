@@ -1,0 +1,34 @@
+"""Tiny llama checkpoints for the GGUF export tests, saved the way the merge step saves a model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
+
+
+def save_tiny_llama(folder: Path, tokenizer: PreTrainedTokenizerBase, **overrides) -> Path:
+    """A 2-layer llama with grouped-query attention (4 query heads, 2 KV heads), so K's layout differs from Q's."""
+    values = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+    )
+    values.update(overrides)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(**values))
+    with torch.no_grad():  # random norms, so a norm stored in the wrong place would show in the logits
+        for name, param in model.named_parameters():
+            if name.endswith("norm.weight"):
+                param.uniform_(0.5, 1.5)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
