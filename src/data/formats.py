@@ -16,13 +16,16 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from itertools import chain, count
 from pathlib import Path
 from typing import Any
 
 from src.data.conversation import ROLES, DataFormatError, Message, Record, make_record
 
 FORMATS: tuple[str, ...] = ("auto", "qa_blocks", "instruction", "chat")
+MAX_LINE_BYTES = 16 * 2**20
+"""A longer JSONL line is refused before it is read whole: a record is a chat, not a file's worth of text."""
 MAX_PROBLEMS = 10
 """Stop after this many problems: past that the file is likely in another format and more lines add noise."""
 
@@ -81,39 +84,106 @@ def load_records(path: str | Path, format: str = "auto") -> list[Record]:
     if format not in FORMATS:
         raise DataFormatError(str(path), None, f"unknown format {format!r}; accepted: {', '.join(FORMATS)}")
     path = Path(path)
-    text = _read_text(path)
+    _check_is_file(path)
     if format == "auto":
         format = _format_from_extension(path)
-    if format == "qa_blocks":
-        return parse_qa_blocks(text, str(path))
-    if not text.strip():
+    if format != "qa_blocks" and path.suffix.lower() == ".jsonl":
+        # Streamed line by line: a large JSONL file is never held in memory as text.
+        items: Iterable[tuple[str, Any]] = _jsonl_items(path)
+    else:
+        text = _read_text(path)
+        if format == "qa_blocks":
+            return parse_qa_blocks(text, str(path))
+        if not text.strip():
+            raise DataFormatError(str(path), None, f"file is empty; expected {EXPECTED['json']}")
+        items = _json_items(text, str(path))
+    items = iter(items)
+    # Look ahead to the first object (a few bad lines may come first) to tell chat from instruction.
+    ahead: list[tuple[str, Any]] = []
+    for item in items:
+        ahead.append(item)
+        if isinstance(item[1], dict) or len(ahead) > MAX_PROBLEMS:
+            break
+    if not ahead:
         raise DataFormatError(str(path), None, f"file is empty; expected {EXPECTED['json']}")
-    items = _json_items(text, str(path))
     if format == "json":
-        format = _format_from_keys(items, str(path))
+        format = _format_from_keys(ahead[-1], str(path))
+    items = chain(ahead, items)
     convert = record_from_chat if format == "chat" else record_from_instruction
     return _convert_all(items, convert, _Problems(str(path)))
 
 
-def _read_text(path: Path) -> str:
-    """File contents with Windows line ends and a UTF-8 byte-order mark removed."""
+def _check_is_file(path: Path) -> None:
     if not path.exists():
         hint = "" if path.is_absolute() else f" (relative paths start from {Path.cwd()})"
         raise DataFormatError(str(path), None, f"file not found{hint}")
     if path.is_dir():
         raise DataFormatError(str(path), None, "is a directory; expected a data file (.txt, .json or .jsonl)")
+
+
+def _read_text(path: Path) -> str:
+    """File contents with Windows line ends and a UTF-8 byte-order mark removed."""
     data = path.read_bytes()
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         line = data[: e.start].count(b"\n") + 1
-        raise DataFormatError(
-            str(path),
-            f"line {line}",
-            f"byte 0x{data[e.start]:02x} at byte offset {e.start} is not valid UTF-8; "
-            "the file must be UTF-8 encoded (re-save it as UTF-8)",
-        ) from None
+        raise DataFormatError(str(path), f"line {line}", _not_utf8(data[e.start], e.start)) from None
     return text.removeprefix("\ufeff").replace("\r\n", "\n")
+
+
+def _not_utf8(byte: int, offset: int) -> str:
+    return (
+        f"byte 0x{byte:02x} at byte offset {offset} is not valid UTF-8; "
+        "the file must be UTF-8 encoded (re-save it as UTF-8)"
+    )
+
+
+def _jsonl_items(path: Path) -> Iterator[tuple[str, Any]]:
+    """(location, decoded value) per non-blank line, read one line at a time; a bad line's value is its RecordError."""
+    offset = 0
+    with path.open("rb") as file:
+        for number in count(1):
+            raw = file.readline(MAX_LINE_BYTES + 1)
+            if not raw:
+                return
+            if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
+                raise DataFormatError(
+                    str(path), f"line {number}",
+                    f"the line is longer than {MAX_LINE_BYTES // 2**20} MiB; expected one JSON record per line",
+                )
+            if number == 1:
+                raw = raw.removeprefix(b"\xef\xbb\xbf")
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataFormatError(str(path), f"line {number}", _not_utf8(raw[e.start], offset + e.start)) from None
+            offset += len(raw)
+            if not line.strip():
+                continue
+            try:
+                yield f"line {number}", _decode_json(line)
+            except JSONValueError as e:
+                if number == 1 and _is_one_object(_read_text(path)):
+                    raise DataFormatError(
+                        str(path),
+                        None,
+                        f"the file holds a single JSON object spread over several lines; expected {EXPECTED['json']}",
+                    ) from None
+                yield f"line {number}", RecordError(f"{e}; expected one JSON object per line")
+
+
+class JSONValueError(ValueError):
+    """Text that is not a JSON value this parser accepts; the message says why."""
+
+
+def _decode_json(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise JSONValueError(f"invalid JSON: {e.msg} at column {e.colno}") from None
+    except RecursionError:
+        raise JSONValueError("invalid JSON: nested too deeply (arrays or objects within each other)") from None
 
 
 def _format_from_extension(path: Path) -> str:
@@ -131,13 +201,12 @@ def _format_from_extension(path: Path) -> str:
     )
 
 
-def _format_from_keys(items: list[tuple[str, Any]], path: str) -> str:
-    """`chat` or `instruction`, read from the first JSON object's keys."""
-    first = next(((where, obj) for where, obj in items if isinstance(obj, dict)), None)
-    if first is None:
-        # No object at all: every item fails the same way whichever converter runs.
-        return "instruction"
+def _format_from_keys(first: tuple[str, Any], path: str) -> str:
+    """`chat` or `instruction`, read from the first record's keys."""
     where, obj = first
+    if not isinstance(obj, dict):
+        # Not an object: every item fails the same way whichever converter runs.
+        return "instruction"
     if "messages" in obj or "conversations" in obj:
         return "chat"
     if "instruction" in obj or "question" in obj:
@@ -151,7 +220,7 @@ def _format_from_keys(items: list[tuple[str, Any]], path: str) -> str:
 
 
 def _json_items(text: str, path: str) -> list[tuple[str, Any]]:
-    """(location, decoded value) per array element or non-blank JSONL line; a bad line's value is its RecordError."""
+    """(location, decoded value) per array element or non-blank line; a bad line's value is its RecordError."""
     if text.lstrip().startswith("["):
         try:
             data = json.loads(text)
@@ -159,6 +228,10 @@ def _json_items(text: str, path: str) -> list[tuple[str, Any]]:
             raise DataFormatError(
                 path, f"line {e.lineno}", f"invalid JSON: {e.msg} at column {e.colno}; expected {EXPECTED['json']}"
             ) from None
+        except RecursionError:
+            raise DataFormatError(path, None, "invalid JSON: nested too deeply (arrays or objects within each other)") from None
+        if not isinstance(data, list):
+            raise DataFormatError(path, None, f"expected {EXPECTED['json']}")
         if not data:
             raise DataFormatError(path, None, "the JSON array is empty; expected at least one record")
         return [(f"index {i}", value) for i, value in enumerate(data)]
@@ -168,28 +241,27 @@ def _json_items(text: str, path: str) -> list[tuple[str, Any]]:
         if not line.strip():
             continue
         try:
-            items.append((f"line {number}", json.loads(line)))
-        except json.JSONDecodeError as e:
+            items.append((f"line {number}", _decode_json(line)))
+        except JSONValueError as e:
             if not items and _is_one_object(text):
                 raise DataFormatError(
                     path,
                     None,
                     f"the file holds a single JSON object spread over several lines; expected {EXPECTED['json']}",
                 ) from None
-            problem = f"invalid JSON: {e.msg} at column {e.colno}; expected one JSON object per line"
-            items.append((f"line {number}", RecordError(problem)))
+            items.append((f"line {number}", RecordError(f"{e}; expected one JSON object per line")))
     return items
 
 
 def _is_one_object(text: str) -> bool:
     try:
-        return isinstance(json.loads(text), dict)
-    except json.JSONDecodeError:
+        return isinstance(_decode_json(text), dict)
+    except JSONValueError:
         return False
 
 
 def _convert_all(
-    items: list[tuple[str, Any]], convert: Callable[[Any], Record], problems: _Problems
+    items: Iterable[tuple[str, Any]], convert: Callable[[Any], Record], problems: _Problems
 ) -> list[Record]:
     records = []
     for where, value in items:
@@ -343,7 +415,10 @@ def _describe(value: Any) -> str:
     """JSON type and a short excerpt, as the user wrote it: `number 8`, `array [...]`, `null`."""
     if value is None:
         return "null"
-    excerpt = json.dumps(value, ensure_ascii=False)
+    try:
+        excerpt = json.dumps(value, ensure_ascii=False)
+    except RecursionError:
+        excerpt = "[...]" if isinstance(value, list) else "{...}"
     excerpt = excerpt if len(excerpt) <= 40 else excerpt[:37] + "..."
     return f"{JSON_TYPES.get(type(value), type(value).__name__)} {excerpt}"
 

@@ -13,6 +13,7 @@ from lightning.pytorch.utilities import grad_norm, rank_zero_info
 from torchmetrics import MeanMetric
 from transformers import get_scheduler
 
+from src.callbacks.divergence_rollback import DivergenceRollback
 from src.data.chat_format import ChatFormatter
 from src.data.collate import PromptCollator, count_tokens_and_examples
 from src.data.conversation import Message
@@ -192,6 +193,8 @@ class TutorModule(L.LightningModule):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = causal_lm_loss(self.model, batch)
         if not torch.isfinite(loss):
+            if self._roll_back("training loss", loss.item()):
+                return None  # Lightning skips backward and the optimizer step for this batch
             self._stop_non_finite("training loss", loss.item())
         # Counted here, not in on_train_batch_end: callbacks' on_train_batch_end (ModelCheckpoint)
         # runs before the module's, so a checkpoint would miss the batch it was saved after.
@@ -210,6 +213,8 @@ class TutorModule(L.LightningModule):
         total = grad_norm(self.model, norm_type=2).get("grad_2.0_norm_total", 0.0)
         if not math.isfinite(total) and self.trainer.precision != "16-mixed":
             # 16-mixed skips steps with inf gradients by design; anywhere else they corrupt the adapter.
+            if self._roll_back("gradient norm", total):
+                return  # the rollback cleared the gradients: this optimizer step changes nothing
             self._stop_non_finite("gradient norm", total)
         self.log("train/grad_norm", total)
 
@@ -218,9 +223,16 @@ class TutorModule(L.LightningModule):
         self.train_seconds += elapsed
         self.log("train/tokens_per_sec", self._step_tokens / elapsed)
 
+    def _roll_back(self, what: str, value: float) -> bool:
+        """Hand a divergence to a `DivergenceRollback` callback, if the run has one with rollbacks left."""
+        rollback = next((cb for cb in self.trainer.callbacks if isinstance(cb, DivergenceRollback)), None)
+        return rollback is not None and rollback.roll_back(self.trainer, self, what, value)
+
     def _stop_non_finite(self, what: str, value: float) -> None:
+        rollback = next((cb for cb in self.trainer.callbacks if isinstance(cb, DivergenceRollback)), None)
+        after = f" after {rollback.rollbacks} rollbacks" if rollback is not None else ""
         raise NonFiniteTrainingError(
-            f"Training stopped at step {self.global_step}: the {what} is {value}. The likely cause is a learning "
+            f"Training stopped at step {self.global_step}{after}: the {what} is {value}. The likely cause is a learning "
             f"rate too high for this model (model.learning_rate={self.hparams.learning_rate}; seed 001's lr 0.5 "
             "crashed CUDA, phi-2 was stable at 1e-5): lower it, and keep trainer.gradient_clip_val set. "
             "Adapters saved before this step were not touched."
