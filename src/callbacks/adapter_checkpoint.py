@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_only
 from peft import PeftModel
@@ -89,7 +90,7 @@ class AdapterCheckpoint(Callback):
         if not self._improved(score):
             return
         meta = {"monitor": self.monitor, "score": score, "step": trainer.global_step, "epoch": trainer.current_epoch}
-        path = self._save(pl_module, "best", meta)
+        path = self._save(trainer, pl_module, "best", meta)
         # Only after a complete save: a failed one must not claim a best that is not on disk.
         self.best_score, self.best_path = score, path
         self.best_step, self.best_epoch = trainer.global_step, trainer.current_epoch
@@ -126,13 +127,13 @@ class AdapterCheckpoint(Callback):
         if not self.save_last or trainer.global_step == 0 or self._last_saved_step == trainer.global_step:
             return
         meta = {"step": trainer.global_step, "epoch": trainer.current_epoch}
-        self.last_path = self._save(pl_module, "last", meta)
+        self.last_path = self._save(trainer, pl_module, "last", meta)
         self._last_saved_step = trainer.global_step
 
-    def _save(self, pl_module: LightningModule, name: str, meta: dict[str, Any]) -> Path:
+    def _save(self, trainer: Trainer, pl_module: LightningModule, name: str, meta: dict[str, Any]) -> Path:
         assert self.dirpath is not None, "setup() resolves dirpath before any save"
         target = self.dirpath / name
-        _write_atomically(pl_module, target, f"{name}.json", meta)
+        _write_atomically(pl_module, target, f"{name}.json", meta, _gathered_state(trainer))
         return target
 
     # ----------------------------------------------------------------------------- resume
@@ -173,8 +174,23 @@ def _recover(target: Path) -> None:
         shutil.rmtree(leftover, ignore_errors=True)
 
 
+def _gathered_state(trainer: Trainer) -> dict[str, torch.Tensor] | None:
+    """Under FSDP each rank holds a shard of the weights: every rank must join this gather (rank 0
+    receives the whole state). None under other strategies, where rank 0 already holds everything."""
+    if not isinstance(trainer.strategy, FSDPStrategy):
+        return None
+    state = trainer.strategy.lightning_module_state_dict()
+    return {key.removeprefix("model."): value for key, value in state.items()}
+
+
 @rank_zero_only
-def _write_atomically(pl_module: LightningModule, target: Path, meta_name: str, meta: dict[str, Any]) -> None:
+def _write_atomically(
+    pl_module: LightningModule,
+    target: Path,
+    meta_name: str,
+    meta: dict[str, Any],
+    state_dict: dict[str, torch.Tensor] | None = None,
+) -> None:
     """Save adapter, tokenizer and `meta_name` into a staging folder, then swap it in for `target`."""
     if not isinstance(pl_module.model, PeftModel):
         raise TypeError(
@@ -187,7 +203,7 @@ def _write_atomically(pl_module: LightningModule, target: Path, meta_name: str, 
     staging.parent.mkdir(parents=True, exist_ok=True)
     try:
         # A PeftModel saves only the adapter (safetensors + adapter_config.json), never the frozen base.
-        pl_module.model.save_pretrained(staging, safe_serialization=True)
+        pl_module.model.save_pretrained(staging, state_dict=state_dict, safe_serialization=True)
         tokenizer = getattr(pl_module, "tokenizer", None)
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
