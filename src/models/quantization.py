@@ -19,8 +19,9 @@ from src.errors import ConfigurationError
 Quantization = Literal["nf4", "int8"]
 QUANTIZATIONS: tuple[str, ...] = ("nf4", "int8")
 BITSANDBYTES_PIN = "bitsandbytes==0.50.2"
-# Where bitsandbytes 0.50 has kernels for 4-bit/8-bit layers and 8-bit optimizers.
-BNB_DEVICE_TYPES = frozenset({"cuda", "cpu", "xpu"})
+# Where this project runs bitsandbytes' 4-bit/8-bit layers and 8-bit optimizers (CUDA, and CPU since 0.50);
+# its other backends (mps, xpu, ...) are partial and untested here.
+BNB_DEVICE_TYPES = frozenset({"cuda", "cpu"})
 
 
 def bitsandbytes_installed() -> bool:
@@ -37,7 +38,7 @@ def check_bitsandbytes(key: str, value: str, device_type: str, fallback: str) ->
         )
     if device_type not in BNB_DEVICE_TYPES:
         raise ConfigurationError(
-            f"{key}: {value} runs on CUDA GPUs and CPUs only (bitsandbytes has no {device_type} kernels). "
+            f"{key}: {value} runs on CUDA GPUs and CPUs only, not on {device_type}. "
             f"Set trainer.accelerator: cpu or gpu, or set {fallback}."
         )
     from bitsandbytes import cextension
@@ -87,7 +88,9 @@ def bnb_config(quantization: str | None, compute_dtype: torch.dtype) -> BitsAndB
         )
     if quantization == "int8":
         return BitsAndBytesConfig(load_in_8bit=True)
-    raise ConfigurationError(f"model.quantization: {quantization!r}; expected one of {', '.join(QUANTIZATIONS)} or null.")
+    raise ConfigurationError(
+        f"model.quantization: {quantization!r}; expected one of {', '.join(QUANTIZATIONS)} or null."
+    )
 
 
 def is_quantized(model: torch.nn.Module) -> bool:

@@ -142,9 +142,10 @@ class TutorModule(L.LightningModule):
         check_vocabulary_fits(base, self.tokenizer)
         if hp.quantization is not None:
             saved = prepare_for_kbit_training(base, hp.gradient_checkpointing)
+            kept = str(self.base_weight_dtype).removeprefix("torch.")
             rank_zero_info(
-                f"{hp.quantization} base weights; embedding and head kept in {self.base_weight_dtype} "
-                f"rather than PEFT's float32 ({saved / 2**20:.0f} MiB saved)"
+                f"{hp.quantization} base weights; embedding and head in {kept}"
+                + (f" ({saved / 2**20:.0f} MiB less than PEFT's float32 copies)" if saved else "")
             )
         elif hp.gradient_checkpointing:
             base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from src.callbacks.memory_plan import MemoryPlan
 from src.cli import cli_main
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -64,6 +65,9 @@ def test_a_few_steps_of_each_config_on_a_scaled_down_random_model(config: Path, 
     assert cli.model.model.get_base_model().config.num_hidden_layers == 2
     assert "train/loss" in cli.trainer.callback_metrics
     assert "val/loss" in cli.trainer.callback_metrics
+    # Every config plans its memory before loading; the scaled-down run fits whatever the budget.
+    (plan,) = [c for c in cli.trainer.callbacks if isinstance(c, MemoryPlan)]
+    assert plan.estimate is not None and plan.estimate.peak <= plan.usable
 
 
 def test_data_packing_is_linked_into_the_model() -> None:

@@ -24,7 +24,8 @@ def qlora_fit(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     module = make_module(tiny_model_dir, quantization="nf4", optimizer="paged_adamw_8bit", gradient_checkpointing=True)
     module.configure_model()
     before = snapshot(module)
-    trainer = make_trainer(folder, 2, [AdapterCheckpoint(dirpath=str(folder / "adapters"), monitor="val/loss", mode="min")])
+    adapters = AdapterCheckpoint(dirpath=str(folder / "adapters"), monitor="val/loss", mode="min")
+    trainer = make_trainer(folder, 2, [adapters])
     trainer.fit(module, datamodule=make_datamodule(tiny_model_dir, folder))
     return {"module": module, "trainer": trainer, "before": before, "adapters": folder / "adapters"}
 
@@ -53,7 +54,8 @@ def test_only_lora_moved(qlora_fit) -> None:
 
 def test_the_saved_adapter_reloads_onto_a_fresh_nf4_base(qlora_fit, tiny_model_dir: Path) -> None:
     module = qlora_fit["module"]
-    reloaded = PeftModel.from_pretrained(load_base_model(str(tiny_model_dir), quantization="nf4"), qlora_fit["adapters"] / "last")
+    fresh_base = load_base_model(str(tiny_model_dir), quantization="nf4")
+    reloaded = PeftModel.from_pretrained(fresh_base, qlora_fit["adapters"] / "last")
     trained = {n.replace(".default", ""): p for n, p in module.model.named_parameters() if "lora_" in n}
     loaded = {n.replace(".default", ""): p for n, p in reloaded.named_parameters() if "lora_" in n}
     assert trained.keys() == loaded.keys()
