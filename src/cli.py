@@ -1,4 +1,8 @@
-"""Command line: `python -m src.cli {fit,validate,test,predict} --config configs/<name>.yaml`."""
+"""Command line: `python -m src.cli {fit,validate,test,predict} --config configs/<name>.yaml`.
+
+After training, the same entry point runs the commands of `src.tools` (chat, answer, merge, export,
+doctor, lr-find, lr-sweep) with the same config files: `python -m src.cli chat --config ...`.
+"""
 
 from __future__ import annotations
 
@@ -44,12 +48,16 @@ class TutorCLI(LightningCLI):
     """LightningCLI whose model and data share one model name, tokenizer and prompt format."""
 
     def add_arguments_to_parser(self, parser) -> None:
-        # Written once in a config, read by both sides: the data module tokenises with the model's
-        # tokenizer, and the model renders generation prompts exactly as the data was rendered.
-        for key in ("model_name", "gguf_file", "tokenizer_name"):
-            parser.link_arguments(f"model.{key}", f"data.{key}")
-        for key in ("system_prompt", "chat_template", "packing"):
-            parser.link_arguments(f"data.{key}", f"model.{key}")
+        link_model_and_data(parser)
+
+
+def link_model_and_data(parser) -> None:
+    """Written once in a config, read by both sides: the data module tokenises with the model's
+    tokenizer, and the model renders generation prompts exactly as the data was rendered."""
+    for key in ("model_name", "gguf_file", "tokenizer_name"):
+        parser.link_arguments(f"model.{key}", f"data.{key}")
+    for key in ("system_prompt", "chat_template", "packing"):
+        parser.link_arguments(f"data.{key}", f"model.{key}")
 
 
 def cli_main(args: ArgsType = None, run: bool = True) -> TutorCLI:
@@ -69,4 +77,10 @@ def cli_main(args: ArgsType = None, run: bool = True) -> TutorCLI:
 
 
 if __name__ == "__main__":
+    import sys
+
+    from src.tools import TOOLS, run_tool
+
+    if len(sys.argv) > 1 and sys.argv[1] in TOOLS:
+        sys.exit(run_tool(sys.argv[1], sys.argv[2:]))
     cli_main()

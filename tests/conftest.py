@@ -76,3 +76,15 @@ def arithmetic_rows(count: int, start: int = 0) -> list[dict]:
             }
         )
     return rows
+
+
+@pytest.fixture(scope="session")
+def tiny_adapter_dir(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
+    """A LoRA adapter for `tiny_model_dir` with random (non-zero) A and B, so it changes the outputs."""
+    from peft import LoraConfig, get_peft_model
+
+    folder = tmp_path_factory.mktemp("tiny-adapter")
+    torch.manual_seed(1)
+    config = LoraConfig(task_type="CAUSAL_LM", r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False)
+    get_peft_model(LlamaForCausalLM.from_pretrained(tiny_model_dir), config).save_pretrained(folder)
+    return folder
