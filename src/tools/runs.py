@@ -1,0 +1,38 @@
+"""Helpers shared by the commands that drive training runs (lr-find, lr-sweep)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from lightning.pytorch import Trainer
+
+from src.models.tutor_module import TutorModule
+
+
+def config_paths(argv: Sequence[str]) -> list[Path]:
+    """The `--config` files in `argv` (both `--config x` and `--config=x`), in order."""
+    paths = []
+    for index, arg in enumerate(argv):
+        if arg == "--config" and index + 1 < len(argv):
+            paths.append(Path(argv[index + 1]))
+        elif arg.startswith("--config="):
+            paths.append(Path(arg.split("=", 1)[1]))
+    return paths
+
+
+def lenient_on_divergence(module: TutorModule, trainer: Trainer) -> None:
+    """A non-finite loss or gradient ends the run instead of raising.
+
+    Training stops with an error on NaN/Inf (an adapter written after it is broken), but learning-rate
+    studies go looking for the rates where that happens: there it is a result, recorded as
+    `module.diverged_at`, and the run just stops.
+    """
+    module.diverged_at = None
+
+    def stop(what: str, value: float) -> None:
+        if module.diverged_at is None:
+            module.diverged_at = (module.global_step, what, value)
+        trainer.should_stop = True
+
+    module._stop_non_finite = stop
