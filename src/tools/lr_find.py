@@ -18,9 +18,8 @@ from pathlib import Path
 
 from lightning.pytorch.tuner import Tuner
 
-from src.cli import cli_main
 from src.errors import ConfigurationError
-from src.tools.runs import config_paths, lenient_on_divergence
+from src.tools.runs import training_cli, config_paths, lenient_on_divergence
 
 
 def tool_options(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
@@ -57,7 +56,7 @@ def with_learning_rate(config_text: str, learning_rate: float, note: str) -> str
 def main(argv: Sequence[str]) -> int:
     options, rest = tool_options(argv)
     # No base-model evaluation: the range test needs training steps only.
-    cli = cli_main([*rest, "--model.evaluate_base", "false"], run=False)
+    cli = training_cli([*rest, "--model.evaluate_base", "false"])
     lenient_on_divergence(cli.model, cli.trainer)
     finder = Tuner(cli.trainer).lr_find(
         cli.model, datamodule=cli.datamodule, min_lr=options.min_lr, max_lr=options.max_lr,

@@ -18,8 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from src.cli import cli_main
-from src.tools.runs import lenient_on_divergence
+from src.tools.runs import training_cli, lenient_on_divergence
 
 DEFAULT_LRS = (1e-5, 1e-4, 1e-3, 1e-2)
 
@@ -36,15 +35,14 @@ def tool_options(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
 
 def run_one(rest: list[str], lr: float, folder: Path, evaluate_base: bool) -> dict[str, Any]:
     """Fit at `lr`, validate once at the end, and return what the sweep reports for it."""
-    cli = cli_main(
+    cli = training_cli(
         [
             *rest,
             "--model.learning_rate", str(lr),
             "--model.evaluate_base", str(evaluate_base).lower(),
             "--trainer.default_root_dir", str(folder),
             "--trainer.logger.init_args.save_dir", str(folder),
-        ],
-        run=False,
+        ]
     )
     lenient_on_divergence(cli.model, cli.trainer)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)

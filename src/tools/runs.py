@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from lightning.pytorch import Trainer
 
+from src.cli import TutorCLI, cli_main
 from src.models.tutor_module import TutorModule
+
+
+def training_cli(args: Sequence[str]) -> TutorCLI:
+    """The `fit` CLI for `args`, built (model, data, trainer) but not run.
+
+    The command's own words stay out of `sys.argv` meanwhile: LightningCLI warns when it is given
+    `args` while the process was started with others.
+    """
+    argv, sys.argv = sys.argv, sys.argv[:1]
+    try:
+        return cli_main(list(args), run=False)
+    finally:
+        sys.argv = argv
 
 
 def config_paths(argv: Sequence[str]) -> list[Path]:
