@@ -1,6 +1,6 @@
 """Command line: `python -m src.cli {fit,validate,test,predict} --config configs/<name>.yaml`.
 
-After training, the same entry point runs the commands of `src.tools` (chat, answer, merge, export,
+After training, the same entry point runs the commands of `src.tools` (chat, answer, merge, export, check-gguf,
 doctor, lr-find, lr-sweep) with the same config files: `python -m src.cli chat --config ...`.
 """
 

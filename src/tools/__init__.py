@@ -17,6 +17,7 @@ TOOLS: dict[str, str] = {
     "answer": "src.tools.answer",
     "merge": "src.tools.merge",
     "export": "src.tools.export_gguf",
+    "check-gguf": "src.tools.check_gguf",
     "doctor": "src.tools.doctor",
     "lr-find": "src.tools.lr_find",
     "lr-sweep": "src.tools.lr_sweep",

@@ -166,7 +166,7 @@ def cpu_findings(cpuinfo: Path = CPUINFO) -> list[Finding]:
     shown = ", ".join(f"{flag} {'yes' if flag in flags else 'no'}" for flag in CPU_FLAGS_SHOWN) if flags else "flags unknown"
     precision, why = resolve_precision("auto", "cpu")
     findings = [
-        Finding("CPU", f"{model}; {os.cpu_count()} cores, torch uses {torch.get_num_threads()} threads"),
+        Finding("CPU", f"{model}; {os.cpu_count()} cores; torch threads: {torch.get_num_threads()}"),
         Finding("CPU extensions", shown),
         Finding("CPU precision", f"trainer.precision auto -> {precision} ({why})"),
     ]
