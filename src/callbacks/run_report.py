@@ -36,6 +36,39 @@ def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.1%}"
 
 
+def _held_out_table(
+    names: list[str], base: dict[str, float], kept: dict[str, Any] | None
+) -> dict[str, dict[str, Any]]:
+    """Per held-out set: base and kept-adapter accuracy, overall and per kind (None where not measured).
+
+    The kept adapter is chosen on `val` alone; the other sets are read at the same step, so their
+    numbers are what the shipped adapter scores on questions the choice never saw.
+    """
+    table: dict[str, dict[str, Any]] = {}
+    for name in names:
+        key = f"{name}/math_acc"
+        kinds = sorted({k.removeprefix(key + "/") for k in [*base, *(kept or {})] if k.startswith(key + "/")})
+        table[name] = {
+            "base": base.get(key),
+            "best": kept.get(key) if kept else None,
+            "count": (kept or base).get(f"{key}_count"),
+            "base_per_kind": {k: base[f"{key}/{k}"] for k in kinds if f"{key}/{k}" in base},
+            "best_per_kind": {k: kept[f"{key}/{k}"] for k in kinds if kept and f"{key}/{k}" in kept},
+        }
+    return table
+
+
+def _held_out_lines(table: dict[str, dict[str, Any]]) -> list[str]:
+    """`val  base 15.5% -> 91.0%  (add_1d 100%, ...)`: one line per held-out set and per model."""
+    lines = []
+    for name, row in table.items():
+        for model in ("base", "best"):
+            kinds = ", ".join(f"{k} {v:.0%}" for k, v in row[f"{model}_per_kind"].items())
+            label = "base" if model == "base" else "kept adapter"
+            lines.append(f"  {name:<6} {label:<12} {_pct(row[model]):>6}" + (f"  ({kinds})" if kinds else ""))
+    return (["Held-out sets (the adapter is kept on val only):"] + lines) if lines else []
+
+
 class RunReport(Callback):
     """Record train/val metrics during fit; at fit end write files, print a summary and sample answers.
 
@@ -90,7 +123,8 @@ class RunReport(Callback):
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.sanity_checking:
             return
-        values = {k: _scalar(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+        prefixes = tuple(f"{name}/" for name in {"val", *getattr(pl_module, "math_sets", [])})
+        values = {k: _scalar(v) for k, v in trainer.callback_metrics.items() if k.startswith(prefixes)}
         if values:
             self.history.append(self._record(trainer, "val", values))
 
@@ -139,7 +173,9 @@ class RunReport(Callback):
             kept = max(tuned, key=lambda r: r[ACC_KEY])
             best, best_step = kept[ACC_KEY], kept["step"]
 
+        kept_record = next((r for r in reversed(tuned) if r["step"] == best_step), None) if best_step else None
         return {
+            "held_out": _held_out_table(getattr(pl_module, "math_sets", ["val"]), base_metrics, kept_record),
             "loss_initial": losses[0] if losses else None,
             "loss_final": losses[-1] if losses else None,
             "loss_min": min(losses) if losses else None,
@@ -262,6 +298,7 @@ class RunReport(Callback):
                 f"The fine-tuned adapter never beat the base model (base {_pct(s['base_math_acc'])} vs best "
                 f"{_pct(s['best_math_acc'])}): keep the base model."
             )
+        lines.extend(_held_out_lines(s.get("held_out") or {}))
         lines.append(f"Best adapter: {s['best_adapter_path'] or 'not saved (no AdapterCheckpoint)'}")
         lines.append(f"Report files: {self.dirpath}")
         lines.append(f"TensorBoard: tensorboard --logdir {save_dir}")

@@ -11,6 +11,7 @@ first token is the one the model must produce after it.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 from transformers import PreTrainedTokenizerBase
@@ -71,6 +72,24 @@ class ChatFormatter:
         if self.system_prompt is None or (messages and messages[0]["role"] == "system"):
             return messages
         return [{"role": "system", "content": self.system_prompt}, *messages]
+
+    def standalone_template(self) -> str:
+        """The chat template with this formatter's system prompt built in, for the saved tokenizer.
+
+        `tokenizer.apply_chat_template(messages)` with the returned template renders exactly what
+        `render(with_system_prompt(messages))` does, so anyone who loads an adapter folder with plain
+        `AutoTokenizer` prompts the model as it was trained (not with the base template's default
+        system turn, such as SmolLM2's "You are a helpful AI assistant named SmolLM").
+        """
+        if self.system_prompt is None:
+            return self.chat_template
+        # json.dumps escapes quotes, backslashes, newlines and non-ASCII as \uXXXX, which Jinja's
+        # string literals read back unchanged.
+        system = json.dumps({"role": "system", "content": self.system_prompt})
+        return (
+            f"{{% if not messages or messages[0]['role'] != 'system' %}}"
+            f"{{% set messages = [{system}] + messages %}}{{% endif %}}" + self.chat_template
+        )
 
     def render(self, messages: list[Message], add_generation_prompt: bool = False) -> str:
         return self.tokenizer.apply_chat_template(

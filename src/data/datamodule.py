@@ -1,7 +1,9 @@
 """`TutorDataModule`: any supported file → assistant-only-labelled, length-grouped batches.
 
 Validation has two loaders: teacher-forced batches for loss/perplexity, and left-padded prompts of
-the items with a numeric answer, which the model answers by generation for math accuracy.
+the items with a numeric answer, which the model answers by generation for math accuracy. Each file
+of `extra_math_files` adds one more prompt loader: a second held-out set that is only answered and
+reported (under its own metric prefix), never used for the loss, early stopping or the best adapter.
 
 Under data parallelism the module shards its own loaders (Lightning's distributed samplers are
 switched off by the CLI): training batches are length-grouped globally and split between processes,
@@ -29,6 +31,7 @@ from src.data.resumable import ResumableBatchSampler
 from src.data.samplers import LengthGroupedBatchSampler
 from src.data.splits import drop_overlap, split_records
 from src.data.stats import dataset_statistics, flatten_for_logging, format_statistics
+from src.errors import ConfigurationError
 from src.models.loading import load_tokenizer
 from src.models.offline_default import OFFLINE_DEFAULT, cache_root
 
@@ -56,6 +59,9 @@ class TutorDataModule(L.LightningDataModule):
             Validation batches stay padded.
         math_eval_size: how many numeric validation items to answer by generation (a fixed seeded
             subset); None for all of them, 0 to skip math evaluation.
+        extra_math_files: further held-out sets answered by generation at each validation, as
+            `{prefix: file}`; their accuracy is logged as `<prefix>/math_acc` (and per kind), next to
+            `val/math_acc`. For an honest number on questions the recipe was not tuned on.
         loss_eval_size: how many validation examples the validation loss is computed on (a fixed
             seeded subset); None for all of them.
         num_workers: DataLoader workers.
@@ -80,6 +86,7 @@ class TutorDataModule(L.LightningDataModule):
         order: Literal["length_grouped", "shuffle", "sequential"] = "length_grouped",
         packing: bool = False,
         math_eval_size: int | None = None,
+        extra_math_files: dict[str, str] | None = None,
         loss_eval_size: int | None = None,
         num_workers: int = 0,
         cache_dir: str | None = None,
@@ -94,12 +101,22 @@ class TutorDataModule(L.LightningDataModule):
         self.train_dataset: datasets.Dataset | None = None
         self.val_dataset: datasets.Dataset | None = None
         self.math_items: list[dict[str, Any]] = []
+        self.extra_math_items: dict[str, list[dict[str, Any]]] = {}
         self.statistics: dict[str, Any] = {}
         self._resume_position: dict[str, int] | None = None  # from a checkpoint, for the next training loader
+        _check_prefixes(extra_math_files or {})
 
     @property
     def math_kinds(self) -> list[str]:
-        return sorted({item["kind"] for item in self.math_items if item["kind"]})
+        items = [*self.math_items, *(i for extra in self.extra_math_items.values() for i in extra)]
+        return sorted({item["kind"] for item in items if item["kind"]})
+
+    @property
+    def math_set_names(self) -> list[str]:
+        """Metric prefix of each prompt loader, in `val_dataloader` order after the loss loader."""
+        if self.hparams.math_eval_size == 0:
+            return []
+        return (["val"] if self.math_items else []) + [name for name, items in self.extra_math_items.items() if items]
 
     def prepare_data(self) -> None:
         # Lightning calls this once per machine before any process's `setup`: the first run's
@@ -120,6 +137,10 @@ class TutorDataModule(L.LightningDataModule):
         self.train_dataset = self._without_answerless(train, "train") if train is not None else None
         self.val_dataset = self._seeded_subset(self._without_answerless(val, "val"), self.hparams.loss_eval_size)
         self.math_items = self._math_items(val_records)
+        self.extra_math_items = {
+            name: self._math_items(load_records(path, hp.format))
+            for name, path in (hp.extra_math_files or {}).items()
+        }
 
     def _read_splits(self, stage: str) -> tuple[list[Record], list[Record]]:
         hp = self.hparams
@@ -297,13 +318,14 @@ class TutorDataModule(L.LightningDataModule):
                 num_workers=hp.num_workers,
             )
         ]
-        if self.math_items and hp.math_eval_size != 0:
-            loaders.append(self.math_dataloader())
+        loaders.extend(self.math_dataloader(name) for name in self.math_set_names)
         return loaders
 
-    def math_dataloader(self) -> DataLoader:
+    def math_dataloader(self, name: str = "val") -> DataLoader:
+        """Generation prompts of the validation set (`val`) or of the extra held-out set `name`."""
         # Longest prompts first: similar lengths share a batch, and memory peaks show up at once.
-        items = sorted(self.math_items, key=lambda item: -len(item["prompt_ids"]))
+        source = self.math_items if name == "val" else self.extra_math_items[name]
+        items = sorted(source, key=lambda item: -len(item["prompt_ids"]))
         replicas, rank = self._replicas()
         items = items[rank::replicas]
         return DataLoader(
@@ -322,3 +344,15 @@ class TutorDataModule(L.LightningDataModule):
     @staticmethod
     def _model_inputs(dataset: datasets.Dataset) -> datasets.Dataset:
         return dataset.select_columns(["input_ids", "labels"])
+
+
+RESERVED_PREFIXES = ("val", "base", "train", "data", "memory")
+
+
+def _check_prefixes(files: dict[str, str]) -> None:
+    for name in files:
+        if name in RESERVED_PREFIXES or not name.isidentifier():
+            raise ConfigurationError(
+                f"data.extra_math_files: {name!r} cannot name a held-out set; use a short identifier other than "
+                f"{', '.join(RESERVED_PREFIXES)} (its metrics are logged as '<name>/math_acc')."
+            )

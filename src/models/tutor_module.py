@@ -31,7 +31,7 @@ from src.models.packing import check_packing_support
 from src.models.precision import weight_dtype
 from src.models.quantization import Quantization, check_quantization, prepare_for_kbit_training
 
-LOSS_LOADER = 0  # validation loader 1 holds the generation prompts for math accuracy
+LOSS_LOADER = 0  # then one loader of generation prompts per held-out set (the datamodule's `math_set_names`)
 
 
 class NonFiniteTrainingError(TutorTuneError, RuntimeError):
@@ -115,6 +115,9 @@ class TutorModule(L.LightningModule):
         self.tokenizer = None
         self.formatter: ChatFormatter | None = None
         self.math_accuracy = MathAccuracy()
+        # One metric per held-out set, named by its prefix ("val", "indep"): `math_accuracy` is "val"'s.
+        self.math_sets: list[str] = ["val"]
+        self.extra_math_accuracy = torch.nn.ModuleDict()
         self.val_loss = MeanMetric()
         self.base_math_metrics: dict[str, float] | None = None
         self.train_tokens_seen = 0
@@ -159,6 +162,8 @@ class TutorModule(L.LightningModule):
         if hp.compile:
             compile_repeated_blocks(self.model)
         self.formatter = ChatFormatter(self.tokenizer, hp.system_prompt, hp.chat_template)
+        # Saved with every adapter: plain `AutoTokenizer` + `apply_chat_template` then renders the training prompt.
+        self.tokenizer.chat_template = self.formatter.standalone_template()
         trainable, total = count_parameters(self.model)
         rank_zero_info(f"Trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)")
 
@@ -172,6 +177,15 @@ class TutorModule(L.LightningModule):
         kinds = getattr(datamodule, "math_kinds", [])
         if list(self.math_accuracy.kinds) != kinds:
             self.math_accuracy = MathAccuracy(kinds)
+        self.math_sets = list(getattr(datamodule, "math_set_names", ["val"]))
+        extra = [name for name in self.math_sets if name != "val"]
+        if list(self.extra_math_accuracy) != extra or any(
+            list(m.kinds) != kinds for m in self.extra_math_accuracy.values()
+        ):
+            self.extra_math_accuracy = torch.nn.ModuleDict({name: MathAccuracy(kinds) for name in extra})
+
+    def _accuracy(self, name: str) -> MathAccuracy:
+        return self.math_accuracy if name == "val" else self.extra_math_accuracy[name]
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
@@ -245,7 +259,7 @@ class TutorModule(L.LightningModule):
             loss = causal_lm_loss(self.model, batch)
             self.val_loss.update(loss, weight=(batch["labels"] != -100).sum())
         else:
-            self._grade_batch(batch)
+            self._grade_batch(batch, self.math_sets[dataloader_idx - 1] if self.math_sets else "val")
 
     def on_validation_epoch_end(self) -> None:
         if self.val_loss.update_count:
@@ -254,9 +268,10 @@ class TutorModule(L.LightningModule):
             self.log("val/loss", loss, prog_bar=True, sync_dist=True)
             self.log("val/ppl", torch.exp(loss), sync_dist=True)
             self.val_loss.reset()
-        if self.math_accuracy.update_count:
-            self.log_dict(self._math_metrics(), prog_bar=False, sync_dist=True)
-            self._log_wrong_answers(self.global_step)
+        for name in self.math_sets or ["val"]:
+            if self._accuracy(name).update_count:
+                self.log_dict(self._math_metrics(name), prog_bar=False, sync_dist=True)
+        self._log_wrong_answers(self.global_step)
 
     def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
         self.validation_step(batch, batch_idx, dataloader_idx)
@@ -277,40 +292,47 @@ class TutorModule(L.LightningModule):
             self.formatter.end_of_turn_ids,
         )
 
-    def _grade_batch(self, batch: dict[str, Any]) -> None:
+    def _grade_batch(self, batch: dict[str, Any], name: str = "val") -> None:
         replies = self._generate(batch)
-        self.math_accuracy.update(replies, batch["expected"], batch["kind"])
+        self._accuracy(name).update(replies, batch["expected"], batch["kind"])
         room = self.hparams.wrong_answers_logged - len(self._wrong_answers)
         for question, reply, want, grade in zip(batch["question"], replies, batch["expected"], graded_results(replies, batch["expected"])):
             if room > 0 and not grade.correct:
                 self._wrong_answers.append((question, reply, grade.extracted, want))
                 room -= 1
 
-    def _math_metrics(self) -> dict[str, float]:
-        values = self.math_accuracy.compute()
-        self.math_accuracy.reset()
-        prefix = "val/math_acc"
+    def _math_metrics(self, name: str = "val") -> dict[str, float]:
+        metric = self._accuracy(name)
+        values = metric.compute()
+        metric.reset()
+        prefix = f"{name}/math_acc"
         names = {"acc": prefix, "acc_strict": f"{prefix}_strict", "count": f"{prefix}_count"}
         return {names.get(key, f"{prefix}/{key.removeprefix('acc/')}"): float(value) for key, value in values.items()}
 
     def evaluate_base_model(self) -> dict[str, float] | None:
-        """Math accuracy of the untouched base model on the validation math items, logged at step 0."""
+        """Math accuracy of the untouched base model on every held-out set's math items, logged at step 0
+        (`base/math_acc` for the validation set, `base/<prefix>/math_acc` for the others)."""
         datamodule = getattr(self.trainer, "datamodule", None)
-        if datamodule is None or not getattr(datamodule, "math_items", None) or datamodule.hparams.math_eval_size == 0:
+        names = list(getattr(datamodule, "math_set_names", []))
+        if datamodule is None or not names:
             return None
         was_training = self.model.training
         self.model.eval()
+        metrics: dict[str, float] = {}
         # The precision plugin's autocast, as in validation_step: base and tuned answers computed alike.
         with self.model.disable_adapter(), self.trainer.precision_plugin.forward_context():
-            for batch in datamodule.math_dataloader():
-                self._grade_batch(batch)
+            for name in names:
+                for batch in datamodule.math_dataloader(name):
+                    self._grade_batch(batch, name)
+                metrics |= self._math_metrics(name)
         self.model.train(was_training)
-        metrics = self._math_metrics()
         for logger in self.loggers:
             logger.log_metrics({f"base/{key.removeprefix('val/')}": v for key, v in metrics.items()}, step=0)
             logger.log_metrics(metrics, step=0)
         self._log_wrong_answers(0, tag="base/wrong_answers")
-        rank_zero_info(f"Base model math accuracy: {metrics['val/math_acc']:.1%} on {int(metrics['val/math_acc_count'])} items")
+        for name in names:
+            key = f"{name}/math_acc"
+            rank_zero_info(f"Base model math accuracy ({name}): {metrics[key]:.1%} on {int(metrics[key + '_count'])} items")
         return metrics
 
     def _log_wrong_answers(self, step: int, tag: str = "val/wrong_answers") -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 from peft import PeftModel
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import arithmetic_rows, write_jsonl
 from src.callbacks.run_report import RunReport
@@ -36,6 +36,7 @@ def fitted(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     run_dir = tmp_path_factory.mktemp("fit")
     train = write_jsonl(run_dir / "train.jsonl", arithmetic_rows(48))
     val = write_jsonl(run_dir / "val.jsonl", arithmetic_rows(12, start=60))
+    independent = write_jsonl(run_dir / "independent.jsonl", arithmetic_rows(6, start=80))
     cli = cli_main(
         [
             "fit",
@@ -44,6 +45,7 @@ def fitted(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
             "--data.train_file", str(train),
             "--data.val_file", str(val),
             "--data.math_eval_size", "8",
+            "--data.extra_math_files", f'{{"indep": "{independent}"}}',
             "--trainer.max_steps", "6",
             "--trainer.val_check_interval", "3",
             "--trainer.log_every_n_steps", "1",
@@ -65,6 +67,42 @@ def test_fit_logs_to_tensorboard_and_keeps_the_best_adapter_by_math_accuracy(fit
         assert key in cli.trainer.callback_metrics, key
     report_files = {"metrics.json", "metrics.csv", "training_metrics.png"}
     assert report_files <= {p.name for p in (log_dir / "adapters").iterdir()}, "the report sits beside the adapters"
+
+
+def test_both_held_out_sets_are_reported_for_the_base_model_and_the_kept_adapter(fitted) -> None:
+    cli, _ = fitted
+    assert {"val/math_acc", "indep/math_acc", "indep/math_acc/add_1d"} <= set(cli.trainer.callback_metrics)
+    assert {"val/math_acc", "indep/math_acc"} <= set(cli.model.base_math_metrics)
+    assert cli.trainer.callback_metrics["indep/math_acc_count"] == 6
+    report = next(cb for cb in cli.trainer.callbacks if isinstance(cb, RunReport))
+    held_out = report.summary["held_out"]
+    assert list(held_out) == ["val", "indep"]
+    kept = next(r for r in report.history if r["kind"] == "val" and r["step"] == report.summary["best_math_acc_step"])
+    assert held_out["indep"]["best"] == kept["indep/math_acc"]
+    assert held_out["indep"]["base"] == cli.model.base_math_metrics["indep/math_acc"]
+    assert held_out["indep"]["best_per_kind"] == {"add_1d": kept["indep/math_acc/add_1d"]}
+
+
+def test_the_adapter_is_kept_on_the_tuning_set_only(fitted) -> None:
+    cli, _ = fitted
+    from src.callbacks.adapter_checkpoint import AdapterCheckpoint
+    from lightning.pytorch.callbacks import EarlyStopping
+
+    monitors = {cb.monitor for cb in cli.trainer.callbacks if isinstance(cb, (AdapterCheckpoint, EarlyStopping))}
+    assert monitors == {"val/math_acc"}
+
+
+def test_the_adapter_folder_renders_the_training_prompt_byte_for_byte(fitted) -> None:
+    cli, _ = fitted
+    best = Path(cli.trainer.log_dir) / "adapters" / "best"
+    loaded = AutoTokenizer.from_pretrained(best)  # what a plain PEFT user loads
+    item = cli.datamodule.math_items[0]
+    conversation = [{"role": "user", "content": item["question"]}]
+    text = loaded.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+    assert text == cli.datamodule.formatter.prompt_text(conversation)
+    assert "You are a helpful AI assistant" not in text
+    ids = loaded.apply_chat_template(conversation, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
+    assert ids == item["prompt_ids"], "the ids the model was validated and trained on"
 
 
 def test_the_saved_adapter_loads_with_plain_peft_and_matches_the_trained_weights(fitted, tiny_model_dir) -> None:

@@ -11,6 +11,7 @@ import pytest
 
 from src.data.arithmetic import (
     DRILL_KINDS,
+    HELD_OUT_SHARES,
     KINDS,
     MARKERS,
     STEP_KINDS,
@@ -20,8 +21,11 @@ from src.data.arithmetic import (
     generate,
     main,
     make_item,
+    parse_problem,
     parse_weights,
+    problems_in,
     sample_problem,
+    times_tables,
     worked_steps,
 )
 
@@ -105,9 +109,11 @@ def test_train_and_val_share_no_problem(splits):
     assert not {problem_key(r) for r in train} & {problem_key(r) for r in val}
 
 
-def test_val_is_spread_evenly_over_kinds(splits):
-    counts = [sum(r["kind"] == k for r in splits[1]) for k in KINDS]
-    assert counts == [240 // len(KINDS)] * len(KINDS)
+def test_val_is_spread_over_kinds_by_the_held_out_shares(splits):
+    counts = {k: sum(r["kind"] == k for r in splits[1]) for k in KINDS}
+    assert counts == allocate(240, HELD_OUT_SHARES)
+    _, full_val = generate(0, 400, seed=1)
+    assert {k: sum(r["kind"] == k for r in full_val) for k in KINDS} == HELD_OUT_SHARES
 
 
 def test_division_is_always_exact():
@@ -151,6 +157,7 @@ def test_sub_2d_includes_negative_results_and_borrowing():
     ("kind", "problem", "steps"),
     [
         ("add_2d", (45, "+", 27), ["45 + 20 = 65", "65 + 7 = 72"]),
+        ("add_2d", (27, "+", 45), ["45 + 20 = 65", "65 + 7 = 72"]),
         ("sub_2d", (45, "-", 27), ["45 > 27", "45 - 20 = 25", "25 - 7 = 18"]),
         ("sub_2d", (27, "-", 45), ["27 < 45", "27 - 45 = -(45 - 27)", "45 - 20 = 25", "25 - 7 = 18"]),
         ("sub_2d", (45, "-", 20), ["45 > 20", "45 - 20 = 25"]),
@@ -160,6 +167,10 @@ def test_sub_2d_includes_negative_results_and_borrowing():
         ("div", (56, "/", 7), ["56 ÷ 7 = 8"]),
         ("div", (84, "/", 7), ["84 ÷ 7 = 12"]),
         ("precedence", (5, "+", 3, "*", 4), ["3 × 4 = 12", "12 + 5 = 17"]),
+        ("precedence", (3, "*", 4, "+", 5), ["3 × 4 = 12", "12 + 5 = 17"]),
+        ("precedence", (5, "+", 3, "*", 9), ["3 × 9 = 27", "27 + 5 = 32"]),
+        ("precedence", (45, "+", 11, "*", 12), ["11 × 12 = 132", "132 + 40 = 172", "172 + 5 = 177"]),
+        ("precedence", (5, "-", 77, "/", 11), ["77 ÷ 11 = 7", "5 < 7", "5 - 7 = -(7 - 5)", "7 - 5 = 2"]),
         ("precedence", (20, "/", 4, "-", 9), ["20 ÷ 4 = 5", "5 < 9", "5 - 9 = -(9 - 5)", "9 - 5 = 4"]),
         ("precedence", (25, "+", 42, "/", 6), ["42 ÷ 6 = 7", "25 + 7 = 32"]),
         ("precedence", (9, "*", 9, "-", 27), ["9 × 9 = 81", "81 > 27", "81 - 20 = 61", "61 - 7 = 54"]),
@@ -271,3 +282,78 @@ def test_files_hold_one_json_record_per_line(tmp_path: Path):
     record = json.loads(lines[0])
     assert set(record) == {"messages", "kind", "expected"}
     assert all(len(answer_of(json.loads(line)).splitlines()) == 1 for line in lines)
+
+
+def test_worked_steps_read_the_same_whatever_the_operand_order():
+    for a, b in ((5, 27), (23, 45), (3, 4), (0, 12)):
+        assert worked_steps("add_2d", (a, "+", b)) == worked_steps("add_2d", (b, "+", a))
+    assert worked_steps("mul_2d1d", (7, "*", 34)) == worked_steps("mul_2d1d", (34, "*", 7))
+    assert worked_steps("precedence", (5, "+", 3, "*", 9)) == worked_steps("precedence", (3, "*", 9, "+", 5))
+
+
+def test_precedence_comes_in_every_order_with_factors_and_divisors_to_12():
+    rng = random.Random(8)
+    problems = [sample_problem("precedence", rng) for _ in range(3000)]
+    shapes = {("strong first" if p[1] in "*/" else "strong second", *(t for t in p if isinstance(t, str))) for p in problems}
+    assert len(shapes) == 8  # × or ÷, + or −, either side
+    others = [p[4] if p[1] in "*/" else p[0] for p in problems]
+    assert min(others) == 0 and max(others) == 99 and any(o < 10 for o in others) and any(o >= 10 for o in others)
+    divisors = {p[i + 1] for p in problems for i, t in enumerate(p) if t == "/"}
+    factors = {p[i + d] for p in problems for i, t in enumerate(p) if t == "*" for d in (-1, 1)}
+    assert divisors == set(range(2, 13)) and factors == set(range(0, 13))
+
+
+def test_division_covers_divisors_2_to_12_and_quotients_1_to_12():
+    rng = random.Random(9)
+    problems = {sample_problem("div", rng) for _ in range(3000)}
+    assert problems == {(d * q, "/", d) for d in range(2, 13) for q in range(1, 13)}
+
+
+def test_the_times_tables_are_true_facts_in_both_languages():
+    tables = times_tables()
+    assert len(tables) == 11 * 2 * 2
+    lines = [line for r in tables for line in answer_of(r).splitlines()]
+    for n in range(2, 13):
+        for k in range(1, 13):
+            assert f"{n}×{k}={n * k}" in lines and f"{n * k}÷{n}={k}" in lines
+    assert all(r["expected"] is None and r["kind"] == "table" for r in tables), "facts are trained, never graded"
+
+
+def test_parse_problem_reads_any_wording_and_sign():
+    assert parse_problem("Calcula 5 + 3 x 9") == (5, "+", 3, "*", 9)
+    assert parse_problem("What's 84 / 7?") == (84, "/", 7)
+    assert parse_problem("¿Cuánto es 9 × 8 - 4?") == parse_problem("Solve 9 * 8 - 4") == (9, "*", 8, "-", 4)
+    assert parse_problem("Opera: 56 ÷ 8") == (56, "/", 8)
+    with pytest.raises(ValueError, match="one arithmetic expression"):
+        parse_problem("Tabla de multiplicar del 7")
+
+
+def test_problems_in_names_the_file_and_line_of_a_bad_record(tmp_path: Path):
+    path = tmp_path / "held_out.jsonl"
+    path.write_text('{"messages": [{"role": "user", "content": "What is 2 + 3?"}]}\n{"messages": []}\n')
+    with pytest.raises(Exception, match=r"held_out.jsonl:line 2"):
+        problems_in(path)
+
+
+def test_excluded_problems_are_asked_by_neither_split():
+    rng = random.Random(10)
+    excluded = {sample_problem(kind, rng) for kind in KINDS for _ in range(20)}
+    train, val = generate(800, 240, seed=3, weights=DRILLED, exclude=excluded)
+    asked = {parse_problem(question_of(r)) for r in train + val}
+    assert not asked & excluded
+
+
+def test_tables_are_added_to_training_only():
+    train, val = generate(200, 80, seed=3, tables=True)
+    assert sum(r["kind"] == "table" for r in train) == 44
+    assert not any(r["kind"] == "table" for r in val)
+
+
+def test_cli_excludes_a_held_out_file(tmp_path: Path):
+    held_out = tmp_path / "held_out.jsonl"
+    main(["--out", str(tmp_path / "a"), "--train", "0", "--val", "400", "--seed", "1"])
+    (tmp_path / "a" / "val.jsonl").rename(held_out)
+    main(["--out", str(tmp_path / "b"), "--train", "600", "--val", "400", "--seed", "1", "--exclude", str(held_out)])
+    problems = problems_in(held_out)
+    assert not problems & problems_in(tmp_path / "b" / "val.jsonl")
+    assert not problems & problems_in(tmp_path / "b" / "train.jsonl")

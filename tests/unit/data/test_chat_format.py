@@ -197,3 +197,32 @@ def test_template_that_does_not_render_growing_prefixes_is_rejected(tiny_tokeniz
 )
 def test_answer_labels(formatter: ChatFormatter, answer_ids, expected) -> None:
     assert formatter.answer_labels(answer_ids) == expected
+
+
+SMOLLM2_CONFIG_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' }}"
+    "{% if not (loop.last and message['role'] == 'assistant') %}{{ '\\n' }}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+@pytest.mark.parametrize("system_prompt", [None, 'Eres un tutor "paciente".\nResponde: ¿vale? \\ {{ no }} %}'])
+@pytest.mark.parametrize("chat_template", [None, SMOLLM2_CONFIG_TEMPLATE])
+def test_the_standalone_template_renders_the_training_prompt_from_a_saved_tokenizer(
+    tiny_tokenizer, tmp_path, system_prompt, chat_template
+) -> None:
+    from transformers import AutoTokenizer
+
+    formatter = ChatFormatter(tiny_tokenizer, system_prompt=system_prompt, chat_template=chat_template)
+    saved = copy.deepcopy(tiny_tokenizer)
+    saved.chat_template = formatter.standalone_template()
+    saved.save_pretrained(tmp_path)
+    loaded = AutoTokenizer.from_pretrained(tmp_path)
+    own_system: list[Message] = [{"role": "system", "content": "Sé breve."}, *MULTI]
+    for conversation in (SINGLE[:1], MULTI[:3], own_system[:2]):
+        text = loaded.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+        assert text == formatter.prompt_text(conversation)
+    for conversation in (SINGLE, MULTI, own_system):
+        assert loaded.apply_chat_template(conversation, tokenize=False) == formatter.render(
+            formatter.with_system_prompt(conversation)
+        )

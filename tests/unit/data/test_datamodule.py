@@ -276,3 +276,37 @@ def test_a_different_max_length_is_a_different_cache_entry(
     assert a.train_dataset.cache_files != b.train_dataset.cache_files
     assert max(b.train_dataset["length"]) == 64
     assert max(a.train_dataset["length"]) > 64
+
+
+def test_extra_math_files_add_one_prompt_loader_each_after_the_validation_set(
+    tiny_model_dir: Path, tmp_path: Path, train_file: Path
+) -> None:
+    independent = write_jsonl(tmp_path / "independent.jsonl", arithmetic_rows(5, start=100))
+    dm = datamodule(
+        tiny_model_dir, tmp_path, train_file=str(train_file), val_fraction=0.25, extra_math_files={"indep": str(independent)}
+    )
+    dm.setup("fit")
+    assert dm.math_set_names == ["val", "indep"]
+    loss_loader, val_loader, indep_loader = dm.val_dataloader()
+    questions = sorted(q for batch in indep_loader for q in batch["question"])
+    assert questions == sorted(row["messages"][0]["content"] for row in arithmetic_rows(5, start=100))
+    assert len(dm.val_dataset) == 10, "the extra set is answered, never added to the validation loss"
+    assert dm.math_kinds == ["add_1d", "add_2d"]
+
+
+def test_extra_math_files_are_skipped_with_math_eval_size_zero(tiny_model_dir: Path, tmp_path: Path, train_file: Path) -> None:
+    independent = write_jsonl(tmp_path / "independent.jsonl", arithmetic_rows(5, start=100))
+    dm = datamodule(
+        tiny_model_dir, tmp_path, train_file=str(train_file), val_fraction=0.25, math_eval_size=0,
+        extra_math_files={"indep": str(independent)},
+    )
+    dm.setup("fit")
+    assert dm.math_set_names == [] and len(dm.val_dataloader()) == 1
+
+
+@pytest.mark.parametrize("name", ["val", "base", "two words"])
+def test_an_extra_math_file_cannot_take_a_reserved_or_invalid_prefix(tiny_model_dir: Path, tmp_path: Path, name) -> None:
+    from src.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match=r"data\.extra_math_files"):
+        datamodule(tiny_model_dir, tmp_path, extra_math_files={name: "x.jsonl"})
