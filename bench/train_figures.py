@@ -22,6 +22,7 @@ class StepLog:
     examples: list[int] = field(default_factory=list)
     ends: list[float] = field(default_factory=list)
     first_loss: float | None = None
+    profiler: torch.profiler.profile | None = None  # stepped at each step end, so its schedule counts optimizer steps
     _pending: list[int] = field(default_factory=lambda: [0, 0, 0])
 
     def micro_batch(self, real: int, computed: int, examples: int, loss: torch.Tensor) -> None:
@@ -37,6 +38,8 @@ class StepLog:
         for values, n in zip((self.tokens, self.computed, self.examples), self._pending):
             values.append(n)
         self._pending = [0, 0, 0]
+        if self.profiler is not None:
+            self.profiler.step()
 
 
 def summarise(side: str, log: StepLog, warmup: int, shape: dict[str, int], peak_flops: float, memory: PeakMemory) -> dict[str, Any]:

@@ -23,11 +23,14 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-from peft import LoraConfig, get_peft_model
+from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 from torch.utils.data import DataLoader
 from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments
 
@@ -40,6 +43,9 @@ from src.errors import ConfigurationError
 from src.models.loading import load_base_model
 from src.models.precision import resolve_precision, uses_cuda, weight_dtype
 from src.models.tutor_module import TutorModule
+# The 8-bit optimizers under HF's names; AdamW stays HF's default implementation (fused where torch has it).
+HF_OPTIMIZERS = {"adamw_8bit": "adamw_bnb_8bit", "paged_adamw_8bit": "paged_adamw_8bit"}
+
 
 class _ProjectClock(L.Callback):
     def __init__(self, log: StepLog, device: torch.device, accumulate: int) -> None:
@@ -128,11 +134,17 @@ def run_hf(options: argparse.Namespace, settings: dict[str, Any], log: StepLog, 
         raise ConfigurationError("bench/train_speed.py compares fresh adapters on all layers: unset model.lora_layers and model.adapter_path")
     data.setup("fit")
     precision = str(settings["precision"])
-    dtype = weight_dtype(precision) if options.hf_weights == "compute" or precision.endswith("-true") else torch.float32
+    quantized = hp.get("quantization") is not None
+    compute_weights = options.hf_weights == "compute" or precision.endswith("-true") or quantized
+    dtype = weight_dtype(precision) if compute_weights else torch.float32
     torch.manual_seed(hp.seed)
-    # The project's loader gives both sides the same weights (hub, folder, GGUF or random architecture).
+    # The project's loader gives both sides the same weights (hub, folder, GGUF or random architecture,
+    # quantised through the same BitsAndBytesConfig).
     base = load_base_model(hp.model_name, hp.gguf_file, hp.random_init, hp.architecture, hp.architecture_overrides,
-                           dtype=dtype, seed=hp.seed, attn_implementation=hp.attn_implementation)
+                           dtype=dtype, seed=hp.seed, attn_implementation=hp.attn_implementation,
+                           **({"quantization": hp.quantization, "device": settings["device"]} if quantized else {}))
+    if quantized:  # the documented QLoRA recipe
+        base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=hp.gradient_checkpointing)
     lora = LoraConfig(task_type="CAUSAL_LM", r=hp.lora_r, lora_alpha=hp.lora_alpha, lora_dropout=hp.lora_dropout,
                       target_modules=hp.target_modules)
     model = get_peft_model(base, lora)
@@ -151,6 +163,7 @@ def run_hf(options: argparse.Namespace, settings: dict[str, Any], log: StepLog, 
         bf16=precision.startswith("bf16"), fp16=precision.startswith("16"), use_cpu=settings["device"].type == "cpu",
         torch_compile=compile, logging_strategy="no", save_strategy="no", eval_strategy="no", report_to="none",
         disable_tqdm=True, seed=hp.seed, dataloader_num_workers=data.hparams.num_workers,
+        **({"optim": HF_OPTIMIZERS[hp.optimizer]} if hp.get("optimizer") in HF_OPTIMIZERS else {}),
         # Named only when on: transformers 5.23 renames the flag, the 5.17 on the GPU machine knows only this name.
         **({"gradient_checkpointing": True, "gradient_checkpointing_kwargs": {"use_reentrant": False}} if hp.gradient_checkpointing else {}),
     )
@@ -170,11 +183,29 @@ def model_shape(model: torch.nn.Module) -> dict[str, int]:
     }
 
 
+@contextmanager
+def profiled(side: str, log: StepLog, options: argparse.Namespace, device: torch.device) -> Iterator[None]:
+    """With --profile DIR: torch.profiler over the timed steps only (not loading, not warmup); the
+    operators by self time go to DIR/<side>.txt. Profiled runs are slower: read their shares, not their speed."""
+    if not options.profile:
+        yield
+        return
+    activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    schedule = torch.profiler.schedule(wait=options.warmup_steps, warmup=0, active=options.steps, repeat=1)
+    with torch.profiler.profile(activities=activities, schedule=schedule) as profiler:
+        log.profiler = profiler
+        yield
+    sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    table = profiler.key_averages().table(sort_by=sort, row_limit=40, max_name_column_width=60)
+    Path(options.profile).mkdir(parents=True, exist_ok=True)
+    (Path(options.profile) / f"{side}.txt").write_text(table, encoding="utf-8")
+
+
 def run_side(side: str, options: argparse.Namespace, settings: dict[str, Any], peak_flops: float) -> dict[str, Any]:
     log, memory = StepLog(), PeakMemory(settings["device"])
     torch.manual_seed(42)
     try:
-        with tempfile.TemporaryDirectory() as root, memory.track():
+        with tempfile.TemporaryDirectory() as root, memory.track(), profiled(side, log, options, settings["device"]):
             if side == PROJECT:
                 shape = run_project(options, settings, log, root)
             else:
@@ -205,7 +236,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--tokenizer", default="offline:SmolLM2-135M-Instruct", help="tokenizer for --random_init")
     parser.add_argument("--memory_fraction", type=float, help="CUDA only: cap this process at this share of the GPU (4 GiB card on an H200: 0.0288)")
     parser.add_argument("--peak_tflops", type=float, help="MFU denominator; default: a dense matmul measured here in the compute dtype")
+    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's, one per core); 1 keeps a busy shared CPU from spin-waiting")
     parser.add_argument("--json", help="write runs and summary to this file")
+    parser.add_argument("--profile", help="write each side's torch.profiler table of the timed steps into this folder")
     parser.add_argument("overrides", nargs="*", help="after --: project config overrides, e.g. --data.batch_size 8")
     options = parser.parse_args(argv)
     if options.warmup_steps < 1:
@@ -215,6 +248,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     options = parse_args(argv)
+    if options.threads:
+        torch.set_num_threads(options.threads)
     settings = training_settings(build_cli(options), options)
     device = settings["device"]
     if options.memory_fraction is not None:

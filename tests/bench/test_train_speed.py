@@ -21,9 +21,10 @@ def result(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> di
     val = write_jsonl(folder / "val.jsonl", arithmetic_rows(4, start=60))
     return main([
         "--steps", str(STEPS), "--warmup_steps", str(WARMUP), "--repeats", "1", "--json", str(folder / "result.json"),
+        "--profile", str(folder / "profile"),
         "--", "--model.model_name", str(tiny_model_dir), "--data.train_file", str(train), "--data.val_file", str(val),
         "--data.batch_size", "4",
-    ]) | {"json": folder / "result.json"}
+    ]) | {"json": folder / "result.json", "profile": folder / "profile"}
 
 
 def test_both_sides_ran_every_step_on_the_same_real_tokens(result: dict) -> None:
@@ -56,3 +57,10 @@ def test_every_reported_figure_is_finite_and_the_ratios_are_against_hf(result: d
 def test_warmup_must_leave_a_step_to_start_the_clock() -> None:
     with pytest.raises(SystemExit):
         main(["--warmup_steps", "0"])
+
+
+def test_profile_tables_cover_each_side_s_timed_steps(result: dict) -> None:
+    for side in (PROJECT, HF):
+        table = (result["profile"] / f"{side}.txt").read_text()
+        assert "aten::mm" in table or "aten::addmm" in table  # the steps' matrix products were recorded
+        assert "Self CPU time total" in table
