@@ -91,9 +91,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--batch_size", type=int, help="generation batch size (default: the config's data.eval_batch_size)")
     parser.add_argument("--limit", type=int, help="answer only the first N questions (default: all)")
     parser.add_argument("--repeats", type=int, default=2, help="runs per side, alternating the order")
+    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's); 1 on a busy shared CPU")
     parser.add_argument("--json", help="write the figures to this file")
     parser.add_argument("overrides", nargs="*", help="after --: project config overrides")
     options = parser.parse_args(argv)
+    if options.threads:
+        torch.set_num_threads(options.threads)
     module, data = build(options)
     items = questions(data, options.limit)
     sides = {PROJECT: project_answers, PLAIN: plain_answers}
