@@ -9,7 +9,9 @@ targets), lr schedule, gradient clipping, accumulation and number of steps. The 
 The HF side is the usual recipe: `get_peft_model` on the same base weights (float32, as
 `from_pretrained` loads them, unless `--hf_weights compute`), `DataCollatorForSeq2Seq` padding to a
 multiple of 8 with -100 labels, and `transformers.Trainer` with the equivalent bf16/fp16 flag and
-its default optimizer. On CUDA a third side runs HF with `torch_compile=True`.
+its default optimizer. With `model.quantization` the HF side follows the QLoRA recipe (the same
+BitsAndBytesConfig, `prepare_model_for_kbit_training`, the config's 8-bit optimizer under HF's
+name). On CUDA a third side runs HF with `torch_compile=True`.
 
 Sides run alternately (A B, B A, ...) and each figure is the median over repeats: machine drift
 hits both sides alike. Timing starts at the end of the `--warmup_steps`-th optimizer step and ends
