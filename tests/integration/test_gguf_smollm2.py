@@ -65,22 +65,30 @@ def test_metadata_and_tensors_match_the_reference_written_by_llama_cpp(exports):
     assert q8["token_embd.weight"] == q8["blk.0.attn_k.weight"] == gguf.GGMLQuantizationType.Q8_0
 
 
-def test_f16_export_loaded_by_transformers_gives_the_merged_models_greedy_answers(merged_dir, exports, tmp_path):
+def test_f16_export_loaded_by_transformers_is_the_merged_model_in_f16_and_answers_like_it(merged_dir, exports, tmp_path):
+    merged = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32)
+    # transformers dequantises the file into a plain model (undoing the rotary layout of Q and K).
+    model = AutoModelForCausalLM.from_pretrained(exports["f16"].parent, gguf_file=exports["f16"].name, dtype=torch.float32)
+    expected_weights, loaded_weights = merged.state_dict(), model.state_dict()
+    assert set(loaded_weights) == set(expected_weights)
+    for key, weight in expected_weights.items():
+        rounded = weight.half().float() if weight.dim() > 1 else weight  # matrices f16, norms F32
+        assert torch.equal(loaded_weights[key], rounded), key
+
     questions = load_questions(VAL, limit=64)
     expected = transformers_replies(merged_dir, questions, max_new_tokens=32)
-    # transformers dequantises the file into a plain model; save it as a folder to reuse the same generation path.
-    model = AutoModelForCausalLM.from_pretrained(exports["f16"].parent, gguf_file=exports["f16"].name, dtype=torch.float32)
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    model.save_pretrained(tmp_path)
+    model.save_pretrained(tmp_path)  # a folder, to answer through the same generation path
     for file in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
         (tmp_path / file).write_bytes((merged_dir / file).read_bytes())
-    got = transformers_replies(tmp_path, questions, max_new_tokens=32)
-    result = compare(expected, got, questions)
+    result = compare(expected, transformers_replies(tmp_path, questions, max_new_tokens=32), questions)
     print(f"transformers round trip (f16): same answer {result.same_answer}/{result.questions}, "
           f"same reply {result.same_reply}/{result.questions}")
-    assert result.answer_rate >= 0.99
+    # The un-tuned model rambles for all 32 tokens; f16 rounding alone (the weights are exact above) sends a
+    # few long replies down another path: measured 61/64 same answers, 60/64 same replies.
+    assert result.answer_rate >= 0.9
 
 
 @pytest.mark.llamacpp
