@@ -27,6 +27,7 @@ from src.data.chat_format import IGNORE_INDEX, ChatFormatter
 from src.data.collate import PromptCollator, TrainCollator, packing_collator
 from src.data.conversation import Record
 from src.data.formats import load_records
+from src.data.grading import graded_records, grading_summary
 from src.data.resumable import ResumableBatchSampler
 from src.data.samplers import LengthGroupedBatchSampler
 from src.data.splits import drop_overlap, split_records
@@ -62,6 +63,9 @@ class TutorDataModule(L.LightningDataModule):
         extra_math_files: further held-out sets answered by generation at each validation, as
             `{prefix: file}`; their accuracy is logged as `<prefix>/math_acc` (and per kind), next to
             `val/math_acc`. For an honest number on questions the recipe was not tuned on.
+        grade_from_answers: grade rows without an `expected` value by the number their reference answer
+            states unambiguously (a bare number, "Respuesta: N", "Answer: N", "#### N", "la respuesta
+            es N", "the answer is N"); false grades only rows with `expected`.
         loss_eval_size: how many validation examples the validation loss is computed on (a fixed
             seeded subset); None for all of them.
         num_workers: DataLoader workers.
@@ -87,6 +91,7 @@ class TutorDataModule(L.LightningDataModule):
         packing: bool = False,
         math_eval_size: int | None = None,
         extra_math_files: dict[str, str] | None = None,
+        grade_from_answers: bool = True,
         loss_eval_size: int | None = None,
         num_workers: int = 0,
         cache_dir: str | None = None,
@@ -138,7 +143,7 @@ class TutorDataModule(L.LightningDataModule):
         self.val_dataset = self._seeded_subset(self._without_answerless(val, "val"), self.hparams.loss_eval_size)
         self.math_items = self._math_items(val_records)
         self.extra_math_items = {
-            name: self._math_items(load_records(path, hp.format))
+            name: self._math_items(load_records(path, hp.format), path)
             for name, path in (hp.extra_math_files or {}).items()
         }
 
@@ -147,7 +152,7 @@ class TutorDataModule(L.LightningDataModule):
         if stage != "fit" and hp.val_file:
             return [], load_records(hp.val_file, hp.format)
         if not hp.train_file:
-            raise ValueError("data.train_file is required to fit (data.val_file alone is enough to validate)")
+            raise ConfigurationError("data.train_file is required to fit (data.val_file alone is enough to validate)")
         train = load_records(hp.train_file, hp.format)
         if hp.val_file is None:
             train, val = split_records(train, hp.val_fraction, hp.split_seed)
@@ -216,10 +221,12 @@ class TutorDataModule(L.LightningDataModule):
             digest.update(part.encode("utf-8"))
         return digest.hexdigest()[:24]
 
-    def _math_items(self, records: list[Record]) -> list[dict[str, Any]]:
+    def _math_items(self, records: list[Record], source: str | None = None) -> list[dict[str, Any]]:
         """Validation items with a numeric answer, as prompts ending before their final answer."""
         size = self.hparams.math_eval_size
-        graded = [r for r in records if r["expected"] is not None]
+        hp = self.hparams
+        found = graded_records(records, hp.grade_from_answers)
+        graded = found.records
         if size is not None and size < len(graded):
             chosen = sorted(random.Random(self.hparams.split_seed).sample(range(len(graded)), size))
             graded = [graded[i] for i in chosen]
@@ -236,6 +243,8 @@ class TutorDataModule(L.LightningDataModule):
                     "kind": record["kind"],
                 }
             )
+        source = source or hp.val_file or f"the validation split of {hp.train_file}"
+        rank_zero_info(grading_summary(found, len(items), source, hp.grade_from_answers, size))
         return items
 
     def _report_statistics(self, records: list[Record], tokenized: datasets.Dataset) -> None:
@@ -257,7 +266,7 @@ class TutorDataModule(L.LightningDataModule):
         if trainer is None or trainer.world_size == 1:
             return 1, 0
         if trainer._accelerator_connector.use_distributed_sampler:
-            raise ValueError(
+            raise ConfigurationError(
                 "TutorDataModule shards its own loaders across processes; set trainer.use_distributed_sampler=false "
                 "(the CLI's default) so Lightning does not shard them a second time."
             )
@@ -273,7 +282,7 @@ class TutorDataModule(L.LightningDataModule):
                 self.train_dataset["length"], hp.batch_size, seed=hp.split_seed, num_replicas=replicas, rank=rank
             )
         elif replicas > 1:
-            raise ValueError(
+            raise ConfigurationError(
                 f"data.order={hp.order!r} runs in one process only; use data.order=length_grouped with several devices."
             )
         else:
@@ -305,21 +314,22 @@ class TutorDataModule(L.LightningDataModule):
         self._resume_position = state_dict.get("train_position")
 
     def val_dataloader(self) -> list[DataLoader]:
+        """Loss batches, then the generation prompts of each held-out set (`math_set_names`)."""
+        return [self.loss_dataloader(), *(self.math_dataloader(name) for name in self.math_set_names)]
+
+    def loss_dataloader(self) -> DataLoader:
+        """Teacher-forced validation batches for loss and perplexity."""
         hp = self.hparams
         replicas, rank = self._replicas()
         val = self._model_inputs(self.val_dataset)
-        loaders = [
-            DataLoader(
-                val.select(range(rank, len(val), replicas)) if replicas > 1 else val,
-                batch_size=hp.eval_batch_size,
-                # Padded even with packing: sdpa/eager attend over a whole packed row, masked, so eval batches
-                # of 50 examples would cost (50 T)² attention scores instead of 50 T².
-                collate_fn=TrainCollator(self.tokenizer.pad_token_id),
-                num_workers=hp.num_workers,
-            )
-        ]
-        loaders.extend(self.math_dataloader(name) for name in self.math_set_names)
-        return loaders
+        return DataLoader(
+            val.select(range(rank, len(val), replicas)) if replicas > 1 else val,
+            batch_size=hp.eval_batch_size,
+            # Padded even with packing: sdpa/eager attend over a whole packed row, masked, so eval batches
+            # of 50 examples would cost (50 T)² attention scores instead of 50 T².
+            collate_fn=TrainCollator(self.tokenizer.pad_token_id),
+            num_workers=hp.num_workers,
+        )
 
     def math_dataloader(self, name: str = "val") -> DataLoader:
         """Generation prompts of the validation set (`val`) or of the extra held-out set `name`."""

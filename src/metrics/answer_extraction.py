@@ -80,6 +80,24 @@ def extract_answer(text: str, strict: bool = False) -> str | None:
     return None
 
 
+def reference_answer(text: str) -> str | None:
+    """The final number of a reference (dataset) answer when it is unambiguous, else None.
+
+    Unambiguous means the whole text is a number ("16", "-3", "3/4"), or the text marks its final
+    answer ("Respuesta: 16", "Answer: 16", "#### 16", "la respuesta es 16", "the answer is 16";
+    the last marker wins, as in `extract_answer`). A bare "=" or the last number of a worked
+    explanation is not enough: in a dataset answer those are as often a step as the result.
+    """
+    bare = normalise_number(text.strip())
+    if bare is not None:
+        return bare
+    for rule in (_marked, _hashes, _phrase):
+        answer = rule(text)
+        if answer is not None:
+            return answer
+    return None
+
+
 def normalise_number(token: str) -> str | None:
     """A canonical string for a numeral, so equal values compare equal as strings; None if not one.
 

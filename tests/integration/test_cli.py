@@ -117,7 +117,7 @@ def test_the_saved_adapter_loads_with_plain_peft_and_matches_the_trained_weights
 def test_resuming_from_the_lightning_checkpoint_continues_at_the_saved_step(fitted, tiny_model_dir) -> None:
     cli, run_dir = fitted
     checkpoint = Path(cli.trainer.checkpoint_callback.last_model_path)
-    state = torch.load(checkpoint, weights_only=False)
+    state = torch.load(checkpoint, weights_only=True)
     assert state["global_step"] == 6
     assert state["state_dict"] and all("lora_" in key for key in state["state_dict"])
     resumed = cli_main(
@@ -188,3 +188,25 @@ def test_auto_precision_is_resolved_for_this_machine(
         run=False,
     )
     assert cli.trainer.precision == expected
+
+
+def test_validate_grades_plain_answer_files(fitted, tiny_model_dir, tmp_path, caplog) -> None:
+    rows = [{"question": f"What is {a} + 7?", "answer": str(a + 7)} for a in range(3)]
+    rows.append({"question": "¿Y 2 + 3?", "answer": "Sumamos: la respuesta es 5"})
+    rows.append({"question": "Say hi", "answer": "Hi!"})
+    val = write_jsonl(tmp_path / "questions.jsonl", rows)
+    args = ["validate", "--config", str(ROOT / "configs" / "smollm2.yaml"), *common_args(tiny_model_dir, tmp_path),
+            "--data.val_file", str(val)]
+    validated = cli_main(args)
+    assert validated.trainer.callback_metrics["val/math_acc_count"] == 4
+    assert (
+        f"Math accuracy: grading 4 of 5 items of {val}; 0 with an 'expected' value, 4 read from the reference answers."
+        in caplog.text
+    )
+
+    caplog.clear()
+    cli_main([*args, "--data.grade_from_answers", "false"])
+    assert (
+        f"Math accuracy: no item of {val} can be graded: none of its 5 rows has an 'expected' value "
+        "(data.grade_from_answers=false). Only loss and perplexity are reported."
+    ) in caplog.text

@@ -63,6 +63,6 @@ def test_packing_computes_only_real_tokens_in_the_same_steps(
 def test_validation_batches_stay_padded(tiny_model_dir: Path, tmp_path: Path) -> None:
     # A packed row of eval_batch_size examples would cost its whole length squared in sdpa/eager attention.
     dm = datamodule(tiny_model_dir, tmp_path, DATA / "math_tutor" / "math_tutor.jsonl", 2, packing=True)
-    batches = list(dm.val_dataloader()[0])
+    batches = list(dm.loss_dataloader())
     assert all("attention_mask" in batch and "position_ids" not in batch for batch in batches)
     assert [len(batch["input_ids"]) for batch in batches[:-1]] == [8] * (len(batches) - 1)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from src.metrics.answer_extraction import answers_match, extract_answer, normalise_number
+from src.metrics.answer_extraction import answers_match, extract_answer, normalise_number, reference_answer
 
 LENIENT_CASES = [
     # (a) the marked final answer, Spanish and English, any case, markdown bold
@@ -181,3 +181,30 @@ def test_extraction_agrees_with_normalisation() -> None:
         answer = extract_answer(text)
         if answer is not None:
             assert normalise_number(answer) == answer
+
+
+@pytest.mark.parametrize(
+    ("reference", "expected"),
+    [
+        ("16", "16"),
+        (" -3 ", "-3"),
+        ("3/4", "0.75"),
+        ("1.234,5", "1234.5"),
+        ("9 + 7 = 16.\nRespuesta: 16", "16"),
+        ("Answer: 42", "42"),
+        ("Natalia sold 48 clips...\n#### 72", "72"),
+        ("Sumamos 2 y 3: la respuesta es 5", "5"),
+        ("First 4, then 6, so the answer is 10.", "10"),
+        ("Respuesta: 3\nRespuesta final: 4", "4"),
+    ],
+)
+def test_reference_answer_reads_a_bare_or_marked_final_number(reference: str, expected: str) -> None:
+    assert reference_answer(reference) == expected
+
+
+@pytest.mark.parametrize(
+    "reference",
+    ["9 + 7 = 16", "Primero 4, luego 6 y al final 10", "Usa la función print", "Respuesta: dieciséis", ""],
+)
+def test_reference_answer_is_none_when_the_final_number_is_not_marked(reference: str) -> None:
+    assert reference_answer(reference) is None
