@@ -18,6 +18,7 @@ from transformers import AutoModelForCausalLM
 
 from conftest import arithmetic_rows, write_jsonl
 from src.cli import main
+from src.models import quantization
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "configs" / "smollm2.yaml"
@@ -246,7 +247,8 @@ CASES: list[tuple[str, Case, str, int]] = [
     ),
     (
         "learning rate that makes training diverge",
-        lambda tmp, args: flag(args, "--model.learning_rate", "1e30"),
+        # Validation (and so an adapter save) only after the step that diverges.
+        lambda tmp, args: [*args, "--model.learning_rate", "1e30", "--trainer.val_check_interval", "3"],
         "Training stopped at step 1: the training loss is nan. The likely cause is a learning rate too high for this "
         "model (model.learning_rate=1e+30; seed 001's lr 0.5 crashed CUDA, phi-2 was stable at 1e-5): lower it, and "
         "keep trainer.gradient_clip_val set. Adapters saved before this step were not touched.",
@@ -282,18 +284,36 @@ def test_a_mistake_gives_one_message_and_touches_nothing_saved(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.delenv("TUTOR_TUNE_TRACEBACK", raising=False)
-    train = write_jsonl(tmp_path / "train.jsonl", arithmetic_rows(12))
-    val = write_jsonl(tmp_path / "good-val.jsonl", arithmetic_rows(4, start=40))
-    args = make(tmp_path, fit_args(tiny_model_dir, run_dir, train, val))
-    before = files(run_dir)
-    exit_code, shown, stderr = run_cli(args, capsys)
+    args = make(tmp_path, good_args(tiny_model_dir, run_dir, tmp_path))
     expected = message.format(tmp=tmp_path, cwd=Path.cwd(), model=tiny_model_dir, adapters=adapters_of(tmp_path))
-    assert shown == expected
+    assert_fails_cleanly(args, expected, code, run_dir, capsys)
+
+
+def good_args(model_dir: Path, run: Path, tmp: Path) -> list[str]:
+    train = write_jsonl(tmp / "train.jsonl", arithmetic_rows(12))
+    val = write_jsonl(tmp / "good-val.jsonl", arithmetic_rows(4, start=40))
+    return fit_args(model_dir, run, train, val)
+
+
+def assert_fails_cleanly(args: list[str], message: str, code: int, run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    before = files(run)
+    exit_code, shown, stderr = run_cli(args, capsys)
+    assert shown == message
     assert exit_code == code
     assert "Traceback" not in stderr
-    after = files(run_dir)
+    after = files(run)
     assert {path: after.get(path) for path in before} == before, "files saved before the run are unchanged"
     assert not [p for p in set(after) - set(before) if p.endswith((".safetensors", ".ckpt"))], "no adapter or checkpoint written"
+
+
+def test_4bit_where_bitsandbytes_cannot_run(tiny_model_dir: Path, run_dir: Path, tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.setattr(quantization, "bitsandbytes_installed", lambda: False)
+    args = [*good_args(tiny_model_dir, run_dir, tmp_path), "--model.quantization", "nf4"]
+    message = (
+        f"model.quantization: nf4 needs the bitsandbytes package, which is not installed. Install it "
+        f"(pip install {quantization.BITSANDBYTES_PIN}) or set model.quantization: null."
+    )
+    assert_fails_cleanly(args, message, 2, run_dir, capsys)
 
 
 def test_the_traceback_is_shown_on_request(tiny_model_dir: Path, run_dir: Path, tmp_path: Path, capsys, monkeypatch) -> None:
