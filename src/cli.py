@@ -64,13 +64,6 @@ class TutorArgumentParser(LightningArgumentParser):
 class TutorCLI(LightningCLI):
     """LightningCLI whose model and data share one model name, tokenizer and prompt format."""
 
-    def setup_parser(self, add_subcommands: bool, main_kwargs: dict[str, Any], subparser_kwargs: dict[str, Any]) -> None:
-        super().setup_parser(add_subcommands, main_kwargs, subparser_kwargs)
-        # `--ckpt_path` files are pickles: unpickle tensors and plain types only, whatever torch's default
-        # or TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD say. `--weights_only false` stays available for trusted files.
-        for parser in getattr(self, "_subcommand_parsers", {}).values():
-            parser.set_defaults(weights_only=True)
-
     def add_arguments_to_parser(self, parser) -> None:
         link_model_and_data(parser)
 
