@@ -156,7 +156,8 @@ def _jsonl_items(path: Path) -> Iterator[tuple[str, Any]]:
             if number == 1:
                 raw = raw.removeprefix(b"\xef\xbb\xbf")
             try:
-                line = raw.decode("utf-8")
+                # Without its line end: an error in a cut-off line must point into the line, not past it.
+                line = raw.decode("utf-8").rstrip("\r\n")
             except UnicodeDecodeError as e:
                 raise DataFormatError(str(path), f"line {number}", _not_utf8(raw[e.start], offset + e.start)) from None
             offset += len(raw)

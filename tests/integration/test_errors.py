@@ -204,7 +204,7 @@ CASES: list[tuple[str, Case, str, int]] = [
     (
         "truncated JSON line",
         lambda tmp, args: flag(args, "--data.train_file", bad_rows(tmp, "cut.jsonl", GOOD_CHAT + "\n" + GOOD_CHAT[:30] + "\n")),
-        "{tmp}/cut.jsonl:line 2: invalid JSON: Expecting property name enclosed in double quotes at column 1; expected one JSON "
+        "{tmp}/cut.jsonl:line 2: invalid JSON: Expecting property name enclosed in double quotes at column 31; expected one JSON "
         "object per line",
         2,
     ),
