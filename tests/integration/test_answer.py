@@ -48,6 +48,7 @@ def validate_replies(model_dir: Path, adapter_dir: Path, val_file: Path, run_dir
             [
                 "validate", *model_args(model_dir, adapter_dir),
                 "--data.val_file", str(val_file),
+                "--data.extra_math_files", "{}",  # only the file `answer` reads, not the config's independent set
                 "--trainer.precision", "32-true",  # the commands after training compute in float32
                 "--trainer.accelerator", "cpu",
                 "--trainer.logger.init_args.save_dir", str(run_dir),
