@@ -67,6 +67,35 @@ class TutorCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         link_model_and_data(parser)
 
+    def before_instantiate_classes(self) -> None:
+        # Lightning prints its results table once per validation dataloader, repeating every metric
+        # logged at epoch end (one loader per held-out set); this CLI prints one table instead.
+        config = self.config.get(self.subcommand) if self.subcommand in ("validate", "test") else None
+        self._print_results = bool(config is not None and config.get("verbose", True))
+        if config is not None:
+            config["verbose"] = False
+
+    def after_validate(self) -> None:
+        self._print_results_table()
+
+    def after_test(self) -> None:
+        self._print_results_table()
+
+    def _print_results_table(self) -> None:
+        if getattr(self, "_print_results", False) and self.trainer.is_global_zero:
+            print(results_table({key: float(value) for key, value in self.trainer.callback_metrics.items()}))
+
+
+def results_table(metrics: dict[str, float]) -> str:
+    """Each metric once, sorted by name: counts as integers, the rest with 4 decimals."""
+    width = max((len(name) for name in metrics), default=6)
+    rows = [f"{'metric':<{width}}  value", f"{'-' * width}  -------"]
+    for name in sorted(metrics):
+        value = metrics[name]
+        shown = f"{int(value)}" if name.endswith("_count") else f"{value:.4f}"
+        rows.append(f"{name:<{width}}  {shown}")
+    return "\n".join(rows)
+
 
 def link_model_and_data(parser) -> None:
     """Written once in a config, read by both sides: the data module tokenises with the model's

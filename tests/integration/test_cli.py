@@ -157,7 +157,7 @@ def test_validate_runs_on_every_format_with_and_without_an_adapter(fitted, tiny_
         assert "val/loss" in validated.trainer.callback_metrics
 
 
-def test_validate_reports_math_accuracy_per_kind(fitted, tiny_model_dir, tmp_path) -> None:
+def test_validate_reports_math_accuracy_per_kind_in_one_table(fitted, tiny_model_dir, tmp_path, capsys) -> None:
     cli, run_dir = fitted
     validated = cli_main(
         ["validate", "--config", str(ROOT / "configs" / "smollm2.yaml"), *common_args(tiny_model_dir, tmp_path),
@@ -165,7 +165,11 @@ def test_validate_reports_math_accuracy_per_kind(fitted, tiny_model_dir, tmp_pat
     )
     metrics = validated.trainer.callback_metrics
     assert metrics["val/math_acc_count"] == 12
-    assert {"val/math_acc", "val/math_acc_strict", "val/math_acc/add_1d"} <= set(metrics)
+    assert {"val/math_acc", "val/math_acc_strict", "val/math_acc/add_1d", "indep/math_acc"} <= set(metrics)
+    printed = capsys.readouterr().out
+    assert "DataLoader" not in printed, "one table, not one per validation loader"
+    rows = [line.split()[0] for line in printed.splitlines() if line.startswith(("val/", "indep/"))]
+    assert sorted(rows) == sorted(metrics), "every metric exactly once"
 
 
 def test_test_and_predict_answer_the_graded_validation_items(fitted, tiny_model_dir, tmp_path) -> None:
