@@ -8,8 +8,11 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
 
 
-def save_tiny_llama(folder: Path, tokenizer: PreTrainedTokenizerBase, **overrides) -> Path:
-    """A 2-layer llama with grouped-query attention (4 query heads, 2 KV heads), so K's layout differs from Q's."""
+def save_tiny_llama(folder: Path, tokenizer: PreTrainedTokenizerBase, random_norms: bool = True, **overrides) -> Path:
+    """A 2-layer llama with grouped-query attention (4 query heads, 2 KV heads), so K's layout differs from Q's.
+
+    `random_norms`: norm weights drawn from [0.5, 1.5] instead of ones, so a norm stored in the wrong
+    place shows in the logits (the export tests need that; the other tests keep the default init)."""
     values = dict(
         vocab_size=len(tokenizer),
         hidden_size=32,
@@ -25,10 +28,11 @@ def save_tiny_llama(folder: Path, tokenizer: PreTrainedTokenizerBase, **override
     values.update(overrides)
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(**values))
-    with torch.no_grad():  # random norms, so a norm stored in the wrong place would show in the logits
-        for name, param in model.named_parameters():
-            if name.endswith("norm.weight"):
-                param.uniform_(0.5, 1.5)
+    if random_norms:
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if name.endswith("norm.weight"):
+                    param.uniform_(0.5, 1.5)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
