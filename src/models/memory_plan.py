@@ -174,8 +174,8 @@ class _SavedAttention(torch.autograd.Function):
         return out
 
     @staticmethod
-    def backward(ctx, grad):  # never run: the trace only counts what forward saved
-        raise NotImplementedError
+    def backward(ctx, grad):
+        raise RuntimeError("the memory-plan attention exists to count what forward saves on meta tensors; it has no backward")
 
 
 AttentionInterface.register(TRACE_ATTENTION, _flash_like_attention)

@@ -252,13 +252,16 @@ class TutorModule(L.LightningModule):
         self.train_seconds += elapsed
         self.log("train/tokens_per_sec", self._step_tokens / elapsed)
 
+    def _rollback_callback(self) -> DivergenceRollback | None:
+        return next((cb for cb in self.trainer.callbacks if isinstance(cb, DivergenceRollback)), None)
+
     def _roll_back(self, what: str, value: float) -> bool:
         """Hand a divergence to a `DivergenceRollback` callback, if the run has one with rollbacks left."""
-        rollback = next((cb for cb in self.trainer.callbacks if isinstance(cb, DivergenceRollback)), None)
+        rollback = self._rollback_callback()
         return rollback is not None and rollback.roll_back(self.trainer, self, what, value)
 
     def _stop_non_finite(self, what: str, value: float) -> None:
-        rollback = next((cb for cb in self.trainer.callbacks if isinstance(cb, DivergenceRollback)), None)
+        rollback = self._rollback_callback()
         after = f" after {rollback.rollbacks} rollbacks" if rollback is not None else ""
         raise NonFiniteTrainingError(
             f"Training stopped at step {self.global_step}{after}: the {what} is {value}. The likely cause is a learning "
