@@ -123,6 +123,17 @@ class TutorDataModule(L.LightningDataModule):
             return []
         return (["val"] if self.math_items else []) + [name for name, items in self.extra_math_items.items() if items]
 
+    @property
+    def longest_reference_answer(self) -> dict[str, Any] | None:
+        """The graded item whose reference answer takes the most tokens (with its end of turn), and its
+        file: a generation budget below that cuts such replies before their final answer."""
+        named = [("val", self.math_items), *self.extra_math_items.items()]
+        candidates = [(item, name) for name, items in named for item in items if item.get("answer_tokens")]
+        if not candidates:
+            return None
+        item, name = max(candidates, key=lambda pair: pair[0]["answer_tokens"])
+        return {"tokens": item["answer_tokens"], "question": item["question"], "source": item["source"], "set": name}
+
     def prepare_data(self) -> None:
         # Lightning calls this once per machine before any process's `setup`: the first run's
         # conversion of the offline default is done once, not raced by every process.
@@ -230,20 +241,24 @@ class TutorDataModule(L.LightningDataModule):
         if size is not None and size < len(graded):
             chosen = sorted(random.Random(self.hparams.split_seed).sample(range(len(graded)), size))
             graded = [graded[i] for i in chosen]
+        source = source or hp.val_file or f"the validation split of {hp.train_file}"
         items = []
         for record in graded:
             last_answer = max(i for i, m in enumerate(record["messages"]) if m["role"] == "assistant")
             prompt = record["messages"][:last_answer]
             prompt_text = self.formatter.prompt_text(prompt)
+            answer = record["messages"][last_answer]["content"]
             items.append(
                 {
                     "prompt_ids": self.tokenizer(prompt_text, add_special_tokens=False)["input_ids"],
                     "question": prompt[-1]["content"],
                     "expected": record["expected"],
                     "kind": record["kind"],
+                    # The reference answer's length, plus the end-of-turn token that stops generation.
+                    "answer_tokens": len(self.tokenizer(answer, add_special_tokens=False)["input_ids"]) + 1,
+                    "source": str(source),
                 }
             )
-        source = source or hp.val_file or f"the validation split of {hp.train_file}"
         rank_zero_info(grading_summary(found, len(items), source, hp.grade_from_answers, size))
         return items
 

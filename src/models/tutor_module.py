@@ -9,7 +9,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.utilities import grad_norm, rank_zero_info
+from lightning.pytorch.utilities import grad_norm, rank_zero_info, rank_zero_warn
 from torchmetrics import MeanMetric
 from transformers import get_scheduler
 
@@ -197,6 +197,19 @@ class TutorModule(L.LightningModule):
             list(m.kinds) != kinds for m in self.extra_math_accuracy.values()
         ):
             self.extra_math_accuracy = torch.nn.ModuleDict({name: MathAccuracy(kinds) for name in extra})
+        self._warn_if_replies_are_cut(getattr(datamodule, "longest_reference_answer", None))
+
+    def _warn_if_replies_are_cut(self, longest: dict[str, Any] | None) -> None:
+        """A reply cut by the generation budget before its final answer is graded wrong: the reported
+        accuracy would then measure the budget, not the tutor."""
+        budget = self.hparams.max_new_tokens
+        if longest is None or longest["tokens"] <= budget:
+            return
+        rank_zero_warn(
+            f"model.max_new_tokens is {budget}, but the longest reference answer in {longest['source']} takes "
+            f"{longest['tokens']} tokens with its end of turn ({longest['question']!r}): a reply that long is cut "
+            f"before its final answer and graded wrong. Set model.max_new_tokens to at least {longest['tokens']}."
+        )
 
     def _accuracy(self, name: str) -> MathAccuracy:
         return self.math_accuracy if name == "val" else self.extra_math_accuracy[name]

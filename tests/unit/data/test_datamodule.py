@@ -310,3 +310,21 @@ def test_an_extra_math_file_cannot_take_a_reserved_or_invalid_prefix(tiny_model_
 
     with pytest.raises(ConfigurationError, match=r"data\.extra_math_files"):
         datamodule(tiny_model_dir, tmp_path, extra_math_files={name: "x.jsonl"})
+
+
+def test_the_longest_reference_answer_is_counted_with_its_end_of_turn(
+    fitted: TutorDataModule, tiny_tokenizer, train_file: Path
+) -> None:
+    answers = {row["messages"][0]["content"]: row["messages"][1]["content"] for row in arithmetic_rows(40)}
+    lengths = {item["question"]: len(tiny_tokenizer(answers[item["question"]], add_special_tokens=False)["input_ids"]) + 1
+               for item in fitted.math_items}
+    longest = fitted.longest_reference_answer
+    assert longest["tokens"] == max(lengths.values())
+    assert lengths[longest["question"]] == longest["tokens"]
+    assert longest["set"] == "val" and str(train_file) in longest["source"]
+
+
+def test_no_graded_items_means_no_longest_reference_answer(tiny_model_dir: Path, tmp_path: Path, train_file: Path) -> None:
+    dm = datamodule(tiny_model_dir, tmp_path, train_file=str(train_file), val_fraction=0.25, math_eval_size=0)
+    dm.setup("fit")
+    assert dm.longest_reference_answer is None

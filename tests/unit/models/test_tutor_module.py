@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -149,6 +150,24 @@ def two_steps(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) ->
 
 
 # ------------------------------------------------------------------------------------ building
+@pytest.mark.parametrize("max_new_tokens, warned", [(4, True), (64, False)])
+def test_a_generation_budget_shorter_than_a_reference_answer_is_warned_about(
+    tiny_model_dir: Path, tmp_path: Path, max_new_tokens: int, warned: bool
+) -> None:
+    # The reference answers ("3 + 1 = 4.\nRespuesta: 4") take more than 4 tokens and fewer than 64.
+    module = make_module(tiny_model_dir, max_new_tokens=max_new_tokens)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        make_trainer(tmp_path, 1).validate(module, datamodule=make_datamodule(tiny_model_dir, tmp_path), verbose=False)
+    cut = [str(w.message) for w in caught if "model.max_new_tokens" in str(w.message)]
+    if warned:
+        assert len(cut) == 1
+        assert f"model.max_new_tokens is {max_new_tokens}" in cut[0] and "train.jsonl" in cut[0]
+        assert "Set model.max_new_tokens to at least" in cut[0]
+    else:
+        assert cut == []
+
+
 def test_only_lora_parameters_are_trainable(tiny_model_dir: Path) -> None:
     module = make_module(tiny_model_dir)
     assert module.model is None  # nothing heavy before configure_model
