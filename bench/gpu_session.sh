@@ -59,8 +59,6 @@ import importlib
 for name in ("torch", "transformers", "peft", "lightning", "datasets", "jsonargparse", "bitsandbytes", "torchmetrics"):
     module = importlib.import_module(name)
     print(f"{name} {module.__version__}")
-import torch
-print("cuda", torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else "-")
 EOF
 FRACTION=$("$PYTHON" -c "import torch; print(f'{4 * 2**30 / torch.cuda.get_device_properties(0).total_memory:.4f}')")
 say "4 GiB is a memory fraction of $FRACTION"

@@ -12,20 +12,18 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-.venv/bin/python}
 DEST=.cache/gpu
 rm -rf "$DEST"
-mkdir -p "$DEST/wheels" "$DEST/download"
+mkdir -p "$DEST/wheels"
 
 pin() { grep -E "^$1(\[[a-z]+\])?==" requirements.txt | sed -E 's/\[[a-z]+\]//; s/ .*//'; }
 "$PYTHON" -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-    -d "$DEST/download" \
+    -d "$DEST/wheels" \
     "$(pin transformers)" "$(pin datasets)" "$(pin jsonargparse)" "$(pin bitsandbytes)" \
     dill==0.4.1 multiprocess==0.70.19 docstring-parser==0.18.0 typeshed-client==2.15.0
 
-mv "$DEST"/download/*.whl "$DEST/wheels/"
-mv "$DEST"/wheels/bitsandbytes-*.whl "$DEST/download/"
-unzip -q "$DEST"/download/bitsandbytes-*.whl -d "$DEST/bitsandbytes" \
+unzip -q "$DEST"/wheels/bitsandbytes-*.whl -d "$DEST/bitsandbytes" \
     -x 'bitsandbytes/libbitsandbytes_cuda1[12]*' 'bitsandbytes/libbitsandbytes_rocm*' 'bitsandbytes/libbitsandbytes_xpu*'
-rm -rf "$DEST/download"
+rm "$DEST"/wheels/bitsandbytes-*.whl
 
 "$PYTHON" -c "
 from src.models.loading import load_tokenizer

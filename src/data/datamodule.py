@@ -128,11 +128,18 @@ class TutorDataModule(L.LightningDataModule):
         """The graded item whose reference answer takes the most tokens (with its end of turn), and its
         file: a generation budget below that cuts such replies before their final answer."""
         named = [("val", self.math_items), *self.extra_math_items.items()]
-        candidates = [(item, name) for name, items in named for item in items if item.get("answer_tokens")]
+        candidates = [(item, name) for name, items in named for item in items]
         if not candidates:
             return None
         item, name = max(candidates, key=lambda pair: pair[0]["answer_tokens"])
-        return {"tokens": item["answer_tokens"], "question": item["question"], "source": item["source"], "set": name}
+        return {"tokens": item["answer_tokens"], "question": item["question"], "source": self._math_source(name), "set": name}
+
+    def _math_source(self, name: str) -> str:
+        """The file (or split) a held-out set's questions come from, as messages name it."""
+        hp = self.hparams
+        if name != "val":
+            return str(hp.extra_math_files[name])
+        return str(hp.val_file or f"the validation split of {hp.train_file}")
 
     def prepare_data(self) -> None:
         # Lightning calls this once per machine before any process's `setup`: the first run's
@@ -152,9 +159,9 @@ class TutorDataModule(L.LightningDataModule):
         self._report_statistics(train_records or val_records, train if train is not None else val)
         self.train_dataset = self._without_answerless(train, "train") if train is not None else None
         self.val_dataset = self._seeded_subset(self._without_answerless(val, "val"), self.hparams.loss_eval_size)
-        self.math_items = self._math_items(val_records)
+        self.math_items = self._math_items(val_records, self._math_source("val"))
         self.extra_math_items = {
-            name: self._math_items(load_records(path, hp.format), path)
+            name: self._math_items(load_records(path, hp.format), self._math_source(name))
             for name, path in (hp.extra_math_files or {}).items()
         }
 
@@ -232,7 +239,7 @@ class TutorDataModule(L.LightningDataModule):
             digest.update(part.encode("utf-8"))
         return digest.hexdigest()[:24]
 
-    def _math_items(self, records: list[Record], source: str | None = None) -> list[dict[str, Any]]:
+    def _math_items(self, records: list[Record], source: str) -> list[dict[str, Any]]:
         """Validation items with a numeric answer, as prompts ending before their final answer."""
         size = self.hparams.math_eval_size
         hp = self.hparams
@@ -241,7 +248,6 @@ class TutorDataModule(L.LightningDataModule):
         if size is not None and size < len(graded):
             chosen = sorted(random.Random(self.hparams.split_seed).sample(range(len(graded)), size))
             graded = [graded[i] for i in chosen]
-        source = source or hp.val_file or f"the validation split of {hp.train_file}"
         items = []
         for record in graded:
             last_answer = max(i for i, m in enumerate(record["messages"]) if m["role"] == "assistant")
@@ -256,7 +262,6 @@ class TutorDataModule(L.LightningDataModule):
                     "kind": record["kind"],
                     # The reference answer's length, plus the end-of-turn token that stops generation.
                     "answer_tokens": len(self.tokenizer(answer, add_special_tokens=False)["input_ids"]) + 1,
-                    "source": str(source),
                 }
             )
         rank_zero_info(grading_summary(found, len(items), source, hp.grade_from_answers, size))
