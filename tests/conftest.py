@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer, LlamaForCausalLM
 
-from tiny_llamas import save_tiny_llama
+from tiny_llamas import NF4_SHAPES, save_tiny_llama
 
 ASSETS = Path(__file__).parent / "assets"
 TINY_TOKENIZER = ASSETS / "tiny-chatml-tokenizer"
@@ -39,6 +39,12 @@ def tiny_tokenizer():
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer) -> Path:
     """A 2-layer Llama with the tiny ChatML tokenizer, saved like a hub checkpoint."""
     return save_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), tiny_tokenizer, random_norms=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_nf4_model_dir(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer) -> Path:
+    """The tiny Llama at hidden 64 / intermediate 128, shapes every 4-bit kernel takes (any CPU kind)."""
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny-nf4-llama"), tiny_tokenizer, random_norms=False, **NF4_SHAPES)
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:

@@ -1,4 +1,4 @@
-"""Tiny llama checkpoints for the GGUF export tests, saved the way the merge step saves a model."""
+"""Tiny llama checkpoints for the GGUF export and 4-bit tests, saved the way the merge step saves a model."""
 
 from __future__ import annotations
 
@@ -6,6 +6,10 @@ from pathlib import Path
 
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
+
+# Dimensions every real 4-bit kernel takes: bitsandbytes' AVX512-BF16 CPU kernel repacks weights in rows of
+# 32 outputs and whole 64-element blocks of inputs (k_proj/v_proj: 2 KV heads x 16 = 32 outputs).
+NF4_SHAPES = dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2)
 
 
 def save_tiny_llama(folder: Path, tokenizer: PreTrainedTokenizerBase, random_norms: bool = True, **overrides) -> Path:

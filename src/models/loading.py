@@ -17,7 +17,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTra
 
 from src.errors import ConfigurationError
 from src.models.offline_default import OFFLINE_DEFAULT, ensure_offline_default
-from src.models.quantization import bnb_config
+from src.models.quantization import bnb_config, keep_unpackable_layers_on_plain_kernel
 from src.models.sources import reading_source, refuse_pickle
 
 
@@ -112,6 +112,8 @@ def load_base_model(
         if gguf:
             # Dequantised GGUF weights are plain tensors; the marker only blocks saving and PEFT merges.
             model.hf_quantizer = None
+    if quantization is not None:
+        keep_unpackable_layers_on_plain_kernel(model)
     model.requires_grad_(False)
     return model
 

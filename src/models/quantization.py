@@ -11,6 +11,7 @@ import importlib.util
 from typing import Literal
 
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from peft import prepare_model_for_kbit_training
 from transformers import BitsAndBytesConfig, PreTrainedModel
 
@@ -95,6 +96,50 @@ def bnb_config(quantization: str | None, compute_dtype: torch.dtype) -> BitsAndB
 
 def is_quantized(model: torch.nn.Module) -> bool:
     return bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False))
+
+
+# bitsandbytes 0.50.2 repacks a 4-bit weight for its AVX512-BF16 CPU kernel in rows of 32 output features,
+# with one bf16 scale per 64-element block of a row (`functional._convert_weight_packed_for_cpu`).
+CPU_PACK_ROWS = 32
+
+
+def cpu_packable(out_features: int, in_features: int, blocksize: int) -> bool:
+    """Whether bitsandbytes' AVX512-BF16 repacking accepts a [out_features, in_features] 4-bit weight."""
+    return out_features % CPU_PACK_ROWS == 0 and in_features % blocksize == 0 and in_features % 2 == 0
+
+
+def keep_unpackable_layers_on_plain_kernel(model: torch.nn.Module) -> list[str]:
+    """Turn bitsandbytes' AVX512-BF16 inference path off for the 4-bit layers it cannot repack; returns
+    their names with shapes.
+
+    On a CPU with AVX512-BF16, `Linear4bit.forward` in eval mode without grad repacks the weight once
+    for a faster kernel, deciding by the flag `support_avx512bf16_for_cpu` it read from `has_avx512bf16()`
+    when the layer was built. The repacking crashes on shapes it does not take ("shape '[32, 0]' is
+    invalid", "N must be divisible by block_n"), and bitsandbytes checks no shape first: clearing the flag
+    keeps such a layer on the dequantise-and-matmul kernel every other CPU uses. Layers it can repack, and
+    every layer on CPUs without AVX512-BF16 (flag already off), are left as they are.
+    """
+    if not bitsandbytes_installed():
+        return []
+    import bitsandbytes as bnb
+
+    kept = []
+    for name, module in model.named_modules():
+        if not isinstance(module, bnb.nn.Linear4bit) or not getattr(module, "support_avx512bf16_for_cpu", False):
+            continue
+        state = module.weight.quant_state
+        out_features, in_features = (module.out_features, module.in_features) if state is None else state.shape
+        blocksize = 64 if state is None else state.blocksize
+        if not cpu_packable(out_features, in_features, blocksize):
+            module.support_avx512bf16_for_cpu = False
+            kept.append(f"{name} [{out_features}, {in_features}]")
+    if kept:
+        # Said once a load, since it costs speed: only CPUs with AVX512-BF16 reach this.
+        rank_zero_info(
+            f"{len(kept)} 4-bit layers stay on bitsandbytes' plain CPU kernel: its AVX512-BF16 kernel needs "
+            f"outputs in multiples of {CPU_PACK_ROWS} and inputs in whole quantisation blocks (first: {kept[0]})"
+        )
+    return kept
 
 
 def prepare_for_kbit_training(model: PreTrainedModel, gradient_checkpointing: bool) -> int:

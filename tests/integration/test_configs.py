@@ -14,14 +14,15 @@ from src.cli import cli_main
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
 TINY_TOKENIZER = ROOT / "tests" / "assets" / "tiny-chatml-tokenizer"
-# Each architecture shrunk to a few thousand parameters; the vocabulary stays the real one.
+# Each architecture shrunk to a few thousand parameters; the vocabulary stays the real one. Widths are multiples
+# of 64 (whole nf4 blocks, 32-row outputs) so the 4-bit configs run the real kernels of every CPU kind.
 SCALED_DOWN = {
-    # head_dim 10 keeps phi's partial rotary dimension (0.4 x head_dim) even
-    "phi": {"hidden_size": 40, "intermediate_size": 80, "num_hidden_layers": 2, "num_attention_heads": 4,
+    # head_dim 16 keeps phi's partial rotary dimension (int(0.4 x head_dim) = 6) even
+    "phi": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
             "num_key_value_heads": 4},
-    "gpt2": {"n_embd": 32, "n_layer": 2, "n_head": 4},
-    "llama": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
-              "num_key_value_heads": 2, "head_dim": 8},
+    "gpt2": {"n_embd": 64, "n_layer": 2, "n_head": 4},
+    "llama": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+              "num_key_value_heads": 2, "head_dim": 16},
 }
 
 

@@ -18,6 +18,7 @@ from src.errors import ConfigurationError
 from src.models.loading import load_base_model
 from src.models.lora import attach_lora, keep_trainable_in_float32
 from src.models.quantization import bnb_config, check_quantization, is_quantized, prepare_for_kbit_training
+from tiny_llamas import save_tiny_llama
 
 ARCHITECTURES = Path(__file__).parents[3] / "configs" / "architectures"
 SMALL = {  # the shipped architectures at a few thousand parameters (hidden 64: one nf4 block per row)
@@ -35,8 +36,8 @@ def quantized_tiny(model_dir: Path, kind: str, dtype: torch.dtype = torch.float3
 
 
 @pytest.mark.parametrize("kind", ["nf4", "int8"])
-def test_every_projection_loads_as_a_bitsandbytes_layer_and_the_head_does_not(tiny_model_dir: Path, kind: str) -> None:
-    model = quantized_tiny(tiny_model_dir, kind)
+def test_every_projection_loads_as_a_bitsandbytes_layer_and_the_head_does_not(tiny_nf4_model_dir: Path, kind: str) -> None:
+    model = quantized_tiny(tiny_nf4_model_dir, kind)
     projections = {n: m for n, m in model.named_modules() if n.endswith("_proj")}
     assert len(projections) == 2 * 7
     assert all(isinstance(m, LAYER[kind]) for m in projections.values())
@@ -45,8 +46,8 @@ def test_every_projection_loads_as_a_bitsandbytes_layer_and_the_head_does_not(ti
     assert not any(p.requires_grad for p in model.parameters())
 
 
-def test_nf4_is_double_quantised_and_computes_in_the_configured_dtype(tiny_model_dir: Path) -> None:
-    model = quantized_tiny(tiny_model_dir, "nf4", dtype=torch.bfloat16)
+def test_nf4_is_double_quantised_and_computes_in_the_configured_dtype(tiny_nf4_model_dir: Path) -> None:
+    model = quantized_tiny(tiny_nf4_model_dir, "nf4", dtype=torch.bfloat16)
     layer = model.model.layers[0].self_attn.q_proj
     state = layer.weight.quant_state
     assert state.quant_type == "nf4"
@@ -68,8 +69,8 @@ def test_random_architectures_quantise_too(name: str) -> None:
     assert sum(isinstance(m, bnb.nn.Linear4bit) for m in model.modules()) == expected
 
 
-def test_preparation_keeps_embedding_and_head_in_the_loaded_dtype_and_norms_in_float32(tiny_model_dir: Path) -> None:
-    model = quantized_tiny(tiny_model_dir, "nf4", dtype=torch.bfloat16)
+def test_preparation_keeps_embedding_and_head_in_the_loaded_dtype_and_norms_in_float32(tiny_nf4_model_dir: Path) -> None:
+    model = quantized_tiny(tiny_nf4_model_dir, "nf4", dtype=torch.bfloat16)
     embedding, head = model.get_input_embeddings().weight, model.get_output_embeddings().weight
     saved = prepare_for_kbit_training(model, gradient_checkpointing=False)
     assert embedding.dtype == head.dtype == torch.bfloat16
@@ -79,8 +80,8 @@ def test_preparation_keeps_embedding_and_head_in_the_loaded_dtype_and_norms_in_f
     assert not model.is_gradient_checkpointing
 
 
-def test_preparation_turns_gradient_checkpointing_on_only_when_asked(tiny_model_dir: Path) -> None:
-    model = quantized_tiny(tiny_model_dir, "nf4")
+def test_preparation_turns_gradient_checkpointing_on_only_when_asked(tiny_nf4_model_dir: Path) -> None:
+    model = quantized_tiny(tiny_nf4_model_dir, "nf4")
     prepare_for_kbit_training(model, gradient_checkpointing=True)
     assert model.is_gradient_checkpointing
 
@@ -88,9 +89,9 @@ def test_preparation_turns_gradient_checkpointing_on_only_when_asked(tiny_model_
 @pytest.mark.parametrize("kind", ["nf4", "int8"])
 @pytest.mark.parametrize("checkpointing", [False, True], ids=["plain", "checkpointed"])
 def test_lora_on_a_quantised_base_gets_finite_gradients_and_only_lora_trains(
-    tiny_model_dir: Path, kind: str, checkpointing: bool
+    tiny_nf4_model_dir: Path, kind: str, checkpointing: bool
 ) -> None:
-    base = quantized_tiny(tiny_model_dir, kind)
+    base = quantized_tiny(tiny_nf4_model_dir, kind)
     prepare_for_kbit_training(base, gradient_checkpointing=checkpointing)
     model = attach_lora(base, r=4, alpha=8, dropout=0.0, target_modules="all-linear")
     keep_trainable_in_float32(model)
@@ -106,14 +107,14 @@ def test_lora_on_a_quantised_base_gets_finite_gradients_and_only_lora_trains(
 
 
 def test_an_adapter_trained_on_nf4_saves_and_reloads_onto_a_fresh_nf4_base(
-    tiny_model_dir: Path, tmp_path: Path
+    tiny_nf4_model_dir: Path, tmp_path: Path
 ) -> None:
-    model = attach_lora(quantized_tiny(tiny_model_dir, "nf4"), r=4, alpha=8, dropout=0.0, target_modules="all-linear")
+    model = attach_lora(quantized_tiny(tiny_nf4_model_dir, "nf4"), r=4, alpha=8, dropout=0.0, target_modules="all-linear")
     for name, parameter in model.named_parameters():
         if "lora_B" in name:
             torch.nn.init.normal_(parameter)
     model.save_pretrained(tmp_path)
-    reloaded = attach_lora(quantized_tiny(tiny_model_dir, "nf4"), r=4, alpha=8, dropout=0.0,
+    reloaded = attach_lora(quantized_tiny(tiny_nf4_model_dir, "nf4"), r=4, alpha=8, dropout=0.0,
                            target_modules="all-linear", adapter_path=str(tmp_path))
     with safe_open(tmp_path / "adapter_model.safetensors", "pt") as saved:
         assert saved.keys() and all("lora_" in key for key in saved.keys())  # no quantised base weight
@@ -180,3 +181,69 @@ def test_unknown_quantization_and_gguf_weights_are_refused() -> None:
 
 def test_no_quantization_needs_nothing() -> None:
     check_quantization(None, "mps")
+
+
+# --- bitsandbytes' AVX512-BF16 inference path, forced on whatever this CPU is ------------------------------
+@pytest.fixture
+def avx512bf16_layers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every Linear4bit built from here on takes the AVX512-BF16 decision, as on a CPU that has it: the flag
+    is read from `has_avx512bf16()` in the layer's constructor."""
+    monkeypatch.setattr(bnb.nn.modules, "has_avx512bf16", lambda: True)
+
+
+@pytest.mark.parametrize(
+    ("out_features", "in_features", "packable"),
+    [(64, 64, True), (32, 128, True), (192, 576, True), (32, 32, False), (48, 64, False), (64, 96, False)],
+)
+def test_the_avx512_repacking_takes_32_output_rows_and_whole_64_blocks(out_features, in_features, packable) -> None:
+    assert quantization.cpu_packable(out_features, in_features, blocksize=64) is packable
+
+
+def test_without_the_guard_bitsandbytes_crashes_on_a_hidden_32_model_in_eval(tiny_model_dir: Path) -> None:
+    # Why the guard exists: the repacking itself (pure torch, so it runs on any CPU) breaks on these shapes.
+    model = quantized_tiny(tiny_model_dir, "nf4").eval()
+    layer = model.model.layers[0].self_attn.q_proj  # [32, 32]
+    layer.support_avx512bf16_for_cpu = True
+    with torch.no_grad(), pytest.raises((RuntimeError, AssertionError)):
+        layer(torch.ones(1, 32))
+
+
+def test_unpackable_layers_stay_on_the_plain_kernel_and_answer_as_without_avx512(
+    tiny_tokenizer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # hidden 32, intermediate 48: no projection has 32-row outputs over whole 64-blocks, so none may be repacked
+    # (a repacked one would need the AVX512 kernel itself, which this test cannot assume the CPU has).
+    folder = save_tiny_llama(tmp_path, tiny_tokenizer, random_norms=False, intermediate_size=48)
+    ids = torch.randint(0, 100, (2, 9), generator=torch.Generator().manual_seed(2))
+    plain = quantized_tiny(folder, "nf4").eval()
+    monkeypatch.setattr(bnb.nn.modules, "has_avx512bf16", lambda: True)
+    forced = quantized_tiny(folder, "nf4").eval()
+    layers = [m for m in forced.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert len(layers) == 14 and not any(m.support_avx512bf16_for_cpu for m in layers)
+    with torch.no_grad():
+        torch.testing.assert_close(forced(input_ids=ids).logits, plain(input_ids=ids).logits)
+    assert not any(getattr(m.weight.quant_state, "packing_format_for_cpu", False) for m in layers)
+
+
+def test_a_hidden_32_model_keeps_only_its_packable_down_projections(tiny_model_dir: Path, avx512bf16_layers) -> None:
+    model = quantized_tiny(tiny_model_dir, "nf4")
+    kept = {n.rsplit(".", 1)[-1] for n, m in model.named_modules()
+            if isinstance(m, bnb.nn.Linear4bit) and m.support_avx512bf16_for_cpu}
+    assert kept == {"down_proj"}  # [32, 64]; q/k/v/o ([32|16, 32]) and gate/up ([64, 32]) are not
+
+
+def test_packable_layers_keep_the_avx512_kernel(tiny_nf4_model_dir: Path, avx512bf16_layers) -> None:
+    model = quantized_tiny(tiny_nf4_model_dir, "nf4")
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, bnb.nn.Linear4bit)}
+    assert len(layers) == 14
+    assert all(m.support_avx512bf16_for_cpu for m in layers.values())
+
+
+def test_only_the_unpackable_layers_of_a_mixed_model_are_switched(tiny_tokenizer, tmp_path: Path, avx512bf16_layers) -> None:
+    # hidden 64, 4 KV heads of 4 dims: k_proj and v_proj are [16, 64], the rest packable.
+    folder = save_tiny_llama(tmp_path, tiny_tokenizer, random_norms=False, hidden_size=64, intermediate_size=128,
+                             num_key_value_heads=4, head_dim=4, num_attention_heads=16)
+    model = quantized_tiny(folder, "nf4")
+    switched = {n.rsplit(".", 1)[-1] for n, m in model.named_modules()
+                if isinstance(m, bnb.nn.Linear4bit) and not m.support_avx512bf16_for_cpu}
+    assert switched == {"k_proj", "v_proj"}

@@ -18,15 +18,15 @@ from test_tutor_module import make_datamodule, make_module, make_trainer, snapsh
 
 
 @pytest.fixture(scope="module")
-def qlora_fit(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+def qlora_fit(tiny_nf4_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     folder = tmp_path_factory.mktemp("qlora")
     L.seed_everything(0)
-    module = make_module(tiny_model_dir, quantization="nf4", optimizer="paged_adamw_8bit", gradient_checkpointing=True)
+    module = make_module(tiny_nf4_model_dir, quantization="nf4", optimizer="paged_adamw_8bit", gradient_checkpointing=True)
     module.configure_model()
     before = snapshot(module)
     adapters = AdapterCheckpoint(dirpath=str(folder / "adapters"), monitor="val/loss", mode="min")
     trainer = make_trainer(folder, 2, [adapters])
-    trainer.fit(module, datamodule=make_datamodule(tiny_model_dir, folder))
+    trainer.fit(module, datamodule=make_datamodule(tiny_nf4_model_dir, folder))
     return {"module": module, "trainer": trainer, "before": before, "adapters": folder / "adapters"}
 
 
@@ -52,9 +52,9 @@ def test_only_lora_moved(qlora_fit) -> None:
     assert torch.isfinite(torch.tensor(float(qlora_fit["trainer"].callback_metrics["train/loss"])))
 
 
-def test_the_saved_adapter_reloads_onto_a_fresh_nf4_base(qlora_fit, tiny_model_dir: Path) -> None:
+def test_the_saved_adapter_reloads_onto_a_fresh_nf4_base(qlora_fit, tiny_nf4_model_dir: Path) -> None:
     module = qlora_fit["module"]
-    fresh_base = load_base_model(str(tiny_model_dir), quantization="nf4")
+    fresh_base = load_base_model(str(tiny_nf4_model_dir), quantization="nf4")
     reloaded = PeftModel.from_pretrained(fresh_base, qlora_fit["adapters"] / "last")
     trained = {n.replace(".default", ""): p for n, p in module.model.named_parameters() if "lora_" in n}
     loaded = {n.replace(".default", ""): p for n, p in reloaded.named_parameters() if "lora_" in n}
@@ -62,12 +62,12 @@ def test_the_saved_adapter_reloads_onto_a_fresh_nf4_base(qlora_fit, tiny_model_d
     assert all(torch.equal(trained[n].cpu(), loaded[n]) for n in trained)
 
 
-def test_an_impossible_setting_stops_before_the_model_loads(tiny_model_dir: Path, tmp_path: Path, monkeypatch) -> None:
+def test_an_impossible_setting_stops_before_the_model_loads(tiny_nf4_model_dir: Path, tmp_path: Path, monkeypatch) -> None:
     import src.models.quantization as quantization
     import src.models.tutor_module as tutor_module
 
     monkeypatch.setattr(quantization, "bitsandbytes_installed", lambda: False)
     monkeypatch.setattr(tutor_module, "load_base_model", lambda *a, **k: pytest.fail("the model was loaded"))
     with pytest.raises(ConfigurationError, match=r"^model.quantization: int8 needs the bitsandbytes package"):
-        make_trainer(tmp_path, 1).fit(make_module(tiny_model_dir, quantization="int8"),
-                                      datamodule=make_datamodule(tiny_model_dir, tmp_path))
+        make_trainer(tmp_path, 1).fit(make_module(tiny_nf4_model_dir, quantization="int8"),
+                                      datamodule=make_datamodule(tiny_nf4_model_dir, tmp_path))
