@@ -18,8 +18,9 @@ FAST_BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 CPUINFO = Path("/proc/cpuinfo")
 
 
-def cpu_flags(cpuinfo: Path = CPUINFO) -> set[str]:
+def cpu_flags(cpuinfo: Path | None = None) -> set[str]:
     """The vector-extension flags the CPU reports (empty where /proc/cpuinfo does not exist)."""
+    cpuinfo = CPUINFO if cpuinfo is None else cpuinfo  # read when called, so tests can stand in another CPU
     if not cpuinfo.is_file():
         return set()
     for line in cpuinfo.read_text(encoding="utf-8", errors="replace").splitlines():
@@ -29,8 +30,9 @@ def cpu_flags(cpuinfo: Path = CPUINFO) -> set[str]:
     return set()
 
 
-def cpu_has_fast_bf16(cpuinfo: Path = CPUINFO) -> bool:
+def cpu_has_fast_bf16(cpuinfo: Path | None = None) -> bool:
     """True when the CPU multiplies bf16 natively (AVX512-BF16 or AMX), read from the CPU, never assumed."""
+    cpuinfo = CPUINFO if cpuinfo is None else cpuinfo
     if cpuinfo.is_file():
         return bool(cpu_flags(cpuinfo) & FAST_BF16_CPU_FLAGS)
     # Without /proc/cpuinfo (macOS, Windows), oneDNN's own detection is the best evidence available.

@@ -72,3 +72,26 @@ def test_auto_with_a_cpu_accelerator_ignores_a_present_gpu(monkeypatch: pytest.M
 )
 def test_base_weights_take_the_compute_dtype(name: str | None, dtype: torch.dtype) -> None:
     assert weight_dtype(name) is dtype
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"), [(AVX2_ONLY, "32-true"), (AVX512_BF16, "bf16-mixed"), (AMX, "bf16-mixed")],
+    ids=["avx2-only", "avx512-bf16", "amx"],
+)
+def test_auto_on_each_cpu_kind_reads_that_cpus_flags(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str, expected: str
+) -> None:
+    # The same answer on every machine the suite runs on: /proc/cpuinfo is replaced by each kind's flags.
+    monkeypatch.setattr(precision, "CPUINFO", cpuinfo(tmp_path, text))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_precision("auto", "auto")[0] == expected
+    assert weight_dtype(expected) == (torch.bfloat16 if expected == "bf16-mixed" else torch.float32)
+
+
+@pytest.mark.parametrize(("capability", "fast"), [("AVX2", False), ("AVX512", False), ("AMX", True)])
+def test_without_proc_cpuinfo_onednns_capability_decides(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capability: str, fast: bool
+) -> None:
+    monkeypatch.setattr(precision, "CPUINFO", tmp_path / "missing")
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    assert cpu_has_fast_bf16() is fast
