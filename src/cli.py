@@ -9,6 +9,8 @@ as one message with a non-zero exit; `--traceback` or `TUTOR_TUNE_TRACEBACK=1` s
 
 from __future__ import annotations
 
+from src import library_noise  # noqa: F401  (first: filters a bitsandbytes import-time notice)
+
 import os
 import sys
 import traceback
@@ -21,7 +23,10 @@ from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.trainer.connectors.accelerator_connector import _PRECISION_INPUT
 
+from src.callbacks.plain_progress import with_plain_progress
+from src.callbacks.refused_run_cleanup import RefusedRunCleanup
 from src.config_errors import ConfigParseError, readable_parse_error
+from src.config_ranges import check_ranges
 from src.data.datamodule import TutorDataModule
 from src.data.conversation import DataFormatError
 from src.errors import ConfigurationError, ModelSourceError, TutorTuneError
@@ -38,6 +43,7 @@ class TutorTrainer(Trainer):
         if precision == AUTO:
             rank_zero_info(f"trainer.precision: auto -> {resolved} ({why})")
         kwargs["plugins"] = with_atomic_checkpoints(kwargs.get("plugins"), kwargs.get("strategy", "auto"))
+        kwargs["callbacks"] = with_plain_progress(kwargs.get("callbacks"), kwargs.get("enable_progress_bar"))
         super().__init__(*args, precision=resolved, **kwargs)
 
 
@@ -68,6 +74,7 @@ class TutorCLI(LightningCLI):
         link_model_and_data(parser)
 
     def before_instantiate_classes(self) -> None:
+        check_ranges(self.config.get(self.subcommand) if self.subcommand else self.config)  # before anything is built
         # Lightning prints its results table once per validation dataloader, repeating every metric
         # logged at epoch end (one loader per held-out set); this CLI prints one table instead.
         config = self.config.get(self.subcommand) if self.subcommand in ("validate", "test") else None
@@ -129,6 +136,7 @@ def _build_cli(args: ArgsType, run: bool) -> TutorCLI:
             "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger", "init_args": {"save_dir": "tb_logs"}},
             # The data module shards its own loaders across processes (no repeated validation items).
             "use_distributed_sampler": False,
+            "callbacks": [RefusedRunCleanup()],
         },
     )
 

@@ -14,6 +14,7 @@ from torchmetrics import MeanMetric
 from transformers import get_scheduler
 
 from src.callbacks.divergence_rollback import DivergenceRollback
+from src.callbacks.plain_progress import generation_progress
 from src.data.chat_format import ChatFormatter
 from src.data.collate import PromptCollator, count_tokens_and_examples
 from src.data.conversation import Message
@@ -352,7 +353,7 @@ class TutorModule(L.LightningModule):
         # The precision plugin's autocast, as in validation_step: base and tuned answers computed alike.
         with self.model.disable_adapter(), self.trainer.precision_plugin.forward_context():
             for name in names:
-                for batch in datamodule.math_dataloader(name):
+                for batch in generation_progress(datamodule.math_dataloader(name), f"Base model ({name})"):
                     self._grade_batch(batch, name)
                 metrics |= self._math_metrics(name)
         self.model.train(was_training)
