@@ -1,5 +1,5 @@
 #!/bin/bash
-# The GPU measurements of bench/RESULTS.md ("GPU") in one call of about nine minutes on a lent machine.
+# The GPU measurements of docs/results/2026-11-29-bench-speed.md ("GPU") in one call of about nine minutes on a lent machine.
 #
 #   bash bench/prepare_gpu_carry.sh      # here, once: fills .cache/gpu (wheels, bitsandbytes, tokenizer)
 #   bash bench/gpu_session.sh            # there, with .cache/gpu carried; results under $OUT

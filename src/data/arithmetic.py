@@ -9,32 +9,17 @@ Steps are written without spaces (`45-20=25`, a third fewer tokens than `45 - 20
 2-core CPU every training token costs time. Training can add drills (`DRILL_KINDS`) of the steps
 the graded kinds fail on; validation never contains them.
 
-Measured with SmolLM2-135M-Instruct on the former 400-question validation set (divisors 2-9, 50 per
-kind, precedence mostly with the larger number or the product first) after the same ~65k training
-tokens: spaced steps 75% vs compact 78% (nothing else changed); sums and differences "bridged
-through ten" (`53-3=50`, `50-3=47`) 75% vs 82% without. Across runs that also differed in other
-ways: division written `9×7=63` 22-36% vs `63÷9=7` 78-84%; precedence in one step 52% vs 66-76%
-with its sum or difference in tens and units. With 2,400 examples (~103k tokens): 87.5%; adding
-`53-6=47` drills (which also cured `7-0=6`: every `x-0` fact is a validation problem, so training
-had never seen one) 89.0%. Short division for quotients above 10 (`84=70+14`, ...) did not help
-(division 78% vs 86%) and was dropped. A comparison line alone was written `>` for most negative
-differences (75% of differences are positive); drills of negative ones balance it: 90.2% with
-2,600 examples (527 s of training), 91.0% with 2,800 and `13+7=20` drills (525 s).
-
 Train and validation are disjoint by problem (operands and operators), not by wording, so a
 validation question is never a rephrased training one; `--exclude` keeps a second held-out set's
 problems (`arithmetic_independent.py`) out of both.
 
-That recipe reached 91.0% on its own validation set but 85.8% on an independent set of other
-phrasings and operand orders (precedence 42%: `5 + 3 * 9` with the lone 1-digit operand first was
-worked as `5+20=15`; division 72%: `77 ÷ 11 = 6`, divisors above 9 had never been trained). So
-training now teaches operations rather than layouts: precedence in every order (strong operation
+Training teaches operations rather than layouts, because a recipe tuned on one validation set's
+layouts failed on other phrasings and operand orders: precedence in every order (strong operation
 first or second, lone operand 0–99), factors and divisors to 12, products in either order, a sum
 started from its larger term whatever the order (`5+27` and `27+5` both `27+5=32`), the times table
 to 12 × 12 as questions (`mul_fact`) and the × and ÷ tables of 2 to 12 as facts (`--tables`: every
-division fact, including those of held-out questions, is seen at least once). These choices follow
-from the failures above; their effect on both held-out sets has not been measured yet (127,242
-training tokens, same hyperparameters as the 91.0% run).
+division fact, including those of held-out questions, is seen at least once). What each choice
+measured: docs/results/2026-11-24-arithmetic-data-recipe.md. The bundled data:
 
     python -m src.data.arithmetic --out data/arithmetic --train 2680 --val 400 --seed 0 --tables \
         --exclude data/arithmetic/independent.jsonl --weights \

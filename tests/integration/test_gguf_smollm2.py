@@ -103,6 +103,6 @@ def test_llama_cpp_answers_the_held_out_questions_like_the_merged_model(merged_d
         print(f"llama.cpp {outtype}: same answer {r.same_answer}/{r.questions} ({r.answer_rate:.1%}), "
               f"same reply {r.same_reply}/{r.questions} ({r.reply_rate:.1%}), accuracy {r.accuracy:.1%}")
     # The un-tuned model rambles for all 48 tokens, so f16 rounding alone sends a few long replies elsewhere:
-    # measured 391/400 same answers (97.8%; q8_0 210/400). A tuned tutor's short replies agree on 400/400 (README,
-    # "Does the file answer like the merged model?"), which is where the 99% bar applies.
+    # measured 391/400 same answers (97.8%; q8_0 210/400). A tuned tutor's short replies agree on 400/400
+    # (docs/results/2026-11-29-gguf-agreement.md), which is where the 99% bar applies.
     assert results["f16"].answer_rate >= 0.97
