@@ -83,10 +83,10 @@ def parse_sets(texts: Sequence[str]) -> list[tuple[str, list[str]]]:
         key, equals, values = text.partition("=")
         key = key.strip().removeprefix("--")
         choices = [value.strip() for value in values.split(",")]
-        if not equals or not re.fullmatch(r"(model|data|trainer)\.[A-Za-z_][\w.]*", key):
-            problems.append(f"--set {text!r}: expected {SET_SYNTAX} (SECTION is model, data or trainer)")
-        elif any(key == own or key.startswith(own + ".") for own in OWN_KEYS):
+        if any(key == own or key.startswith(own + ".") for own in OWN_KEYS):
             problems.append(f"--set {text!r}: {key} is set by the comparison for each run; give seeds with --seeds")
+        elif not equals or not re.fullmatch(r"(model|data|trainer)\.[A-Za-z_][\w.]*", key):
+            problems.append(f"--set {text!r}: expected {SET_SYNTAX} (SECTION is model, data or trainer)")
         elif any(not value for value in choices):
             problems.append(f"--set {text!r}: an empty value; expected {SET_SYNTAX}")
         elif len(set(choices)) != len(choices):
