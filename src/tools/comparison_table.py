@@ -166,7 +166,9 @@ def _pct(value: float | None) -> str:
 
 
 def _seconds(value: float | None) -> str:
-    return "—" if value is None else f"{value:,.0f} s"
+    if value is None:
+        return "—"
+    return f"{value:.1f} s" if value < 100 else f"{value:,.0f} s"
 
 
 def _count(value: float | None) -> str:
@@ -198,7 +200,7 @@ def _summary_lines(settings: Sequence[dict[str, Any]]) -> list[str]:
 def _set_lines(table: dict[str, Any], name: str, held: dict[str, Any]) -> list[str]:
     kinds = held["kinds"]
     times = {r["seed"]: r for r in table["per_seed"]}
-    count = f", {held['count']} questions" if held["count"] is not None else ""
+    count = f", {held['count']:.0f} questions" if held["count"] is not None else ""
     lines = [f"**{name}**{count}", "", _row(["seed", "overall", *kinds, "training steps", "training tokens"]), _row(["---"] * (len(kinds) + 4))]
     if held["base"] is not None:
         base = held["base"]

@@ -117,7 +117,7 @@ def test_reading_runs_writes_the_comparison_without_training(tmp_path: Path, mon
     assert table["overall"] == {"mean": 0.625, "worst": 0.5}
     assert data["cpu_kind"] == compare.cpu_kind()
     page = (tmp_path / "results" / "two-seeds.md").read_text()
-    assert "| 42 | 50.00% | 50.00% | 12 s | 300 |" in page and "| 1 | 75.00% | 75.00% | 12 s | 300 |" in page
+    assert "| 42 | 50.00% | 50.00% | 12.0 s | 300 |" in page and "| 1 | 75.00% | 75.00% | 12.0 s | 300 |" in page
 
 
 def test_runs_cannot_be_read_and_trained_at_once(tmp_path: Path) -> None:

@@ -95,6 +95,7 @@ def test_the_markdown_names_machine_commit_commands_and_every_row(two_seeds) -> 
     page = markdown(comparison(two_seeds, CONTEXT), title="Comparison: batch2")
     assert page.startswith("# Comparison: batch2\n")
     assert "commit abc123 (with uncommitted changes), CPU AVX2-only, 2 cores" in page
+    assert "**val**, 8 questions" in page
     assert "| seed | overall | add | sub | training steps | training tokens |" in page
     assert "| base model | 25.00% | 50.00% | 0.00% | — | — |" in page
     assert "| 42 | 75.00% | 100.00% | 50.00% | 100 s | 1,000 |" in page
