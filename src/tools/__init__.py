@@ -21,6 +21,7 @@ TOOLS: dict[str, str] = {
     "doctor": "src.tools.doctor",
     "lr-find": "src.tools.lr_find",
     "lr-sweep": "src.tools.lr_sweep",
+    "compare": "src.tools.compare",
 }
 """Command name -> module holding its `main(argv)`."""
 

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_every_command_names_a_module_under_src_tools() -> None:
-    assert set(tools.TOOLS) == {"chat", "answer", "merge", "export", "check-gguf", "doctor", "lr-find", "lr-sweep"}
+    assert set(tools.TOOLS) == {"chat", "answer", "merge", "export", "check-gguf", "doctor", "lr-find", "lr-sweep", "compare"}
     assert all(module.startswith("src.tools.") for module in tools.TOOLS.values())
     assert not {"fit", "validate", "test", "predict"} & set(tools.TOOLS)
 

@@ -1,0 +1,112 @@
+"""The comparison's arithmetic on hand-made run summaries: per seed, mean, worst, overall and per kind."""
+
+from __future__ import annotations
+
+import pytest
+
+from src.tools.comparison_table import Context, RunResult, comparison, markdown, setting_label
+
+CONTEXT = Context(
+    date="2026-12-02 10:00 UTC", cpu_kind="AVX2-only", cpu_cores=2, commit="abc123", dirty=True,
+    command=["python", "-m", "src.cli", "compare", "--seeds", "42,1"],
+)
+
+
+def summary(val: dict[str, float], indep: dict[str, float], train_time_s: float, tokens: int, base: bool) -> dict:
+    """A RunReport summary for sets `val` and `indep` of kinds add and sub; overall = the mean of the kinds."""
+
+    def held(per_kind: dict[str, float]) -> dict:
+        return {
+            "base": 0.25 if base else None,
+            "best": sum(per_kind.values()) / len(per_kind),
+            "count": 8,
+            "base_per_kind": {"add": 0.5, "sub": 0.0} if base else {},
+            "best_per_kind": per_kind,
+        }
+
+    return {"held_out": {"val": held(val), "indep": held(indep)}, "train_time_s": train_time_s,
+            "train_tokens_seen": tokens, "total_steps": 10, "duration_s": train_time_s + 30}
+
+
+def run(seed: int, setting: dict[str, str] | None = None, **kwargs) -> RunResult:
+    return RunResult(setting=setting or {}, seed=seed, folder=f"runs/seed_{seed}",
+                     command=["python", "-m", "src.cli", "fit", "--seed_everything", str(seed)], **kwargs)
+
+
+@pytest.fixture
+def two_seeds() -> list[RunResult]:
+    return [
+        run(42, summary=summary({"add": 1.0, "sub": 0.5}, {"add": 0.75, "sub": 0.75}, 100.0, 1000, base=True)),
+        run(1, summary=summary({"add": 0.5, "sub": 0.5}, {"add": 1.0, "sub": 0.25}, 140.0, 1000, base=False)),
+    ]
+
+
+def test_each_held_out_set_has_per_seed_rows_then_mean_and_worst(two_seeds) -> None:
+    table = comparison(two_seeds, CONTEXT)["settings"][0]
+    val = table["held_out"]["val"]
+    assert [(r["seed"], r["overall"]) for r in val["per_seed"]] == [(42, 0.75), (1, 0.5)]
+    assert val["overall"] == {"mean": 0.625, "worst": 0.5}
+    assert val["per_kind"] == {"add": {"mean": 0.75, "worst": 0.5}, "sub": {"mean": 0.5, "worst": 0.5}}
+    indep = table["held_out"]["indep"]
+    assert indep["overall"] == {"mean": 0.6875, "worst": 0.625}
+    assert indep["per_kind"]["sub"] == {"mean": 0.5, "worst": 0.25}
+    assert list(table["held_out"]) == ["val", "indep"]
+
+
+def test_the_base_model_is_read_from_the_run_that_measured_it(two_seeds) -> None:
+    val = comparison(two_seeds, CONTEXT)["settings"][0]["held_out"]["val"]
+    assert val["base"] == {"overall": 0.25, "per_kind": {"add": 0.5, "sub": 0.0}}
+    assert val["count"] == 8
+
+
+def test_training_time_worst_is_the_longest_and_tokens_are_kept(two_seeds) -> None:
+    table = comparison(two_seeds, CONTEXT)["settings"][0]
+    assert table["train_time_s"] == {"mean": 120.0, "worst": 140.0}
+    assert table["train_tokens_seen"]["mean"] == 1000
+    assert [r["train_time_s"] for r in table["per_seed"]] == [100.0, 140.0]
+
+
+def test_settings_are_grouped_in_order_of_first_appearance() -> None:
+    low, high = {"model.learning_rate": "1e-3"}, {"model.learning_rate": "2e-3"}
+    runs = [
+        run(42, low, summary=summary({"add": 1.0, "sub": 1.0}, {"add": 1.0, "sub": 1.0}, 10.0, 5, base=True)),
+        run(42, high, summary=summary({"add": 0.0, "sub": 0.0}, {"add": 0.0, "sub": 0.0}, 10.0, 5, base=True)),
+        run(1, low, summary=summary({"add": 0.5, "sub": 0.5}, {"add": 0.5, "sub": 0.5}, 10.0, 5, base=False)),
+    ]
+    settings = comparison(runs, CONTEXT)["settings"]
+    assert [s["label"] for s in settings] == ["model.learning_rate=1e-3", "model.learning_rate=2e-3"]
+    assert [r["seed"] for r in settings[0]["held_out"]["val"]["per_seed"]] == [42, 1]
+    assert settings[0]["held_out"]["val"]["overall"] == {"mean": 0.75, "worst": 0.5}
+    assert settings[1]["held_out"]["val"]["overall"] == {"mean": 0.0, "worst": 0.0}
+
+
+def test_a_failed_run_is_listed_and_left_out_of_mean_and_worst(two_seeds) -> None:
+    runs = [*two_seeds, run(2, failure="exit code 1; see runs/seed_2/fit.log")]
+    data = comparison(runs, CONTEXT)
+    table = data["settings"][0]
+    assert (table["runs"], table["finished"]) == (3, 2)
+    assert table["failed"] == [{"seed": 2, "folder": "runs/seed_2", "why": "exit code 1; see runs/seed_2/fit.log"}]
+    assert table["held_out"]["val"]["overall"] == {"mean": 0.625, "worst": 0.5}
+    assert "2 of 3 runs finished" in markdown(data) and "seed 2 did not finish: exit code 1" in markdown(data)
+
+
+def test_the_markdown_names_machine_commit_commands_and_every_row(two_seeds) -> None:
+    two_seeds[1].reused = True
+    page = markdown(comparison(two_seeds, CONTEXT), title="Comparison: batch2")
+    assert page.startswith("# Comparison: batch2\n")
+    assert "commit abc123 (with uncommitted changes), CPU AVX2-only, 2 cores" in page
+    assert "**val**, 8 questions" in page
+    assert "| seed | overall | add | sub | training steps | training tokens |" in page
+    assert "| base model | 25.00% | 50.00% | 0.00% | — | — |" in page
+    assert "| 42 | 75.00% | 100.00% | 50.00% | 100 s | 1,000 |" in page
+    assert "| **mean** | 62.50% | 75.00% | 50.00% | 120 s | 1,000 |" in page
+    assert "| **worst** | 50.00% | 50.00% | 50.00% | 140 s | 1,000 |" in page
+    assert "| the config as given | indep | 25.00% | 42: 75.00%, 1: 62.50% | 68.75% | 62.50% | 120 s / 140 s | 1,000 |" in page
+    assert "python -m src.cli fit --seed_everything 42\n" in page
+    assert "python -m src.cli fit --seed_everything 1  # read, already finished" in page
+    assert "python -m src.cli compare --seeds 42,1" in page
+
+
+def test_a_setting_label_lists_its_keys_in_order() -> None:
+    assert setting_label({"model.learning_rate": "1e-3", "data.batch_size": "4"}) == "model.learning_rate=1e-3, data.batch_size=4"
+    assert setting_label({}) == "the config as given"
