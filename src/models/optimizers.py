@@ -6,14 +6,19 @@
 - adamw_8bit: bitsandbytes' block-wise 8-bit AdamW, two 1-byte moments a parameter (2 bytes).
 - paged_adamw_8bit: the same, with its state in paged (CUDA managed) memory that spills to host RAM
   under pressure instead of failing; it falls back to plain memory on CPU.
+
+`loraplus_lr_ratio` turns any of them into LoRA+ (PEFT's `create_loraplus_optimizer`): the B matrices
+(and 1-D parameters such as DoRA's magnitudes) learn at ratio x the learning rate, A at the rate itself.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
-from typing import Literal
+from typing import Any, Literal
 
 import torch
+from peft.optimizers import create_loraplus_optimizer
 
 from src.errors import ConfigurationError
 from src.models.quantization import check_bitsandbytes
@@ -31,8 +36,13 @@ def fused_adamw_devices() -> list[str]:
     return list(_get_fused_kernels_supported_devices())
 
 
-def check_optimizer(name: str, device_type: str) -> None:
+def check_optimizer(name: str, device_type: str, loraplus_lr_ratio: float | None = None) -> None:
     """Raise one ConfigurationError when `model.optimizer` cannot run on `device_type` here."""
+    if loraplus_lr_ratio is not None and not (math.isfinite(loraplus_lr_ratio) and loraplus_lr_ratio > 0):
+        raise ConfigurationError(
+            f"model.loraplus_lr_ratio: {loraplus_lr_ratio} is not a positive number. LoRA+ multiplies B's learning "
+            "rate by it (the paper uses 16; PEFT advises >= 1); set null for plain LoRA."
+        )
     if name not in OPTIMIZERS:
         raise ConfigurationError(f"model.optimizer: {name!r} is not known; expected one of {', '.join(OPTIMIZERS)}.")
     if name == "adamw_fused" and device_type not in fused_adamw_devices():
@@ -45,17 +55,46 @@ def check_optimizer(name: str, device_type: str) -> None:
 
 
 def build_optimizer(
-    name: str, params: Iterable[torch.nn.Parameter], lr: float, weight_decay: float
+    name: str,
+    params: Iterable[torch.nn.Parameter],
+    lr: float,
+    weight_decay: float,
+    loraplus_lr_ratio: float | None = None,
+    model: torch.nn.Module | None = None,
 ) -> torch.optim.Optimizer:
-    """`name`'s optimizer over `params` (call check_optimizer first for a config-level message)."""
+    """`name`'s optimizer over `params` (call check_optimizer first for a config-level message).
+
+    With `loraplus_lr_ratio`, PEFT groups `model`'s trainable parameters itself (it needs their names
+    to tell A from B), so `params` must be exactly those.
+    """
     params = list(params)
+    optimizer_class, options = optimizer_class_and_options(name)
+    if loraplus_lr_ratio is None:
+        return optimizer_class(params, lr=lr, weight_decay=weight_decay, **options)
+    if model is None:
+        raise TypeError("build_optimizer: loraplus_lr_ratio needs the model, to tell LoRA's A from B by name")
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if {id(p) for p in trainable} != {id(p) for p in params}:
+        raise ValueError("build_optimizer: with loraplus_lr_ratio, params must be the model's trainable parameters")
+    if not any("lora_B" in n for n, p in model.named_parameters() if p.requires_grad):
+        raise ConfigurationError(
+            "model.loraplus_lr_ratio: the model has no trainable LoRA B matrix, so LoRA+ would change nothing. "
+            "Set model.loraplus_lr_ratio: null, or train a LoRA adapter."
+        )
+    # PEFT puts weight decay in each group from `loraplus_weight_decay` (its default 0.0 would drop ours).
+    return create_loraplus_optimizer(
+        model, optimizer_class, lr=lr, loraplus_lr_ratio=loraplus_lr_ratio, loraplus_weight_decay=weight_decay,
+        **options,
+    )
+
+
+def optimizer_class_and_options(name: str) -> tuple[type[torch.optim.Optimizer], dict[str, Any]]:
     if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+        return torch.optim.AdamW, {}
     if name == "adamw_fused":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
+        return torch.optim.AdamW, {"fused": True}
     if name in BNB_OPTIMIZERS:
         import bitsandbytes as bnb
 
-        optimizer = bnb.optim.PagedAdamW8bit if name == "paged_adamw_8bit" else bnb.optim.AdamW8bit
-        return optimizer(params, lr=lr, weight_decay=weight_decay)
+        return (bnb.optim.PagedAdamW8bit if name == "paged_adamw_8bit" else bnb.optim.AdamW8bit), {}
     raise ConfigurationError(f"model.optimizer: {name!r} is not known; expected one of {', '.join(OPTIMIZERS)}.")
