@@ -155,10 +155,13 @@ def range_problems(config: Mapping[str, Any]) -> list[str]:
 def check_ranges(config: Mapping[str, Any]) -> None:
     """Raise one ConfigurationError listing every out-of-range setting; nothing when all are in range."""
     problems = range_problems(config)
+    if len(problems) == 1:
+        raise ConfigurationError(f"{problems[0]} (set it in the config or with --<key> <value>)")
     if problems:
-        count = "1 setting is" if len(problems) == 1 else f"{len(problems)} settings are"
         listed = "\n".join(f"  {p}" for p in problems)
-        raise ConfigurationError(f"{count} out of range (set them in the config or with --<key> <value>):\n{listed}")
+        raise ConfigurationError(
+            f"{len(problems)} settings are out of range (set them in the config or with --<key> <value>):\n{listed}"
+        )
 
 
 def _get(container: Any, key: str) -> Any:

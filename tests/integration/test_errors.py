@@ -242,7 +242,7 @@ CASES: list[tuple[str, Case, str, int]] = [
     (
         "validation fraction outside (0, 1)",
         lambda tmp, args: [*args, "--data.val_file", "null", "--data.val_fraction", "1.5"],
-        "data.val_fraction must be between 0 and 1 (exclusive), got 1.5",
+        "data.val_fraction: 1.5; expected a number in [0, 1) (set it in the config or with --<key> <value>)",
         2,
     ),
     (
@@ -358,3 +358,33 @@ def test_a_hub_model_without_network_names_the_offline_choices(tmp_path: Path) -
         "model.model_name=offline:SmolLM2-135M-Instruct; or random weights of the configured architecture: add "
         f"--config configs/overlays/random_init.yaml; or download {name} once while online."
     ]
+
+
+def test_out_of_range_settings_are_refused_together_and_leave_no_log_folder(
+    tiny_model_dir: Path, run_dir: Path, tmp_path: Path, capsys
+) -> None:
+    args = [*good_args(tiny_model_dir, run_dir, tmp_path), "--model.lora_r", "-4", "--data.batch_size", "0"]
+    args[0] = "validate"
+    before = versions(run_dir)
+    code = main(args)
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert "error: 2 settings are out of range" in err
+    assert "  model.lora_r: -4; expected an integer >= 1" in err and "  data.batch_size: 0; expected an integer >= 1" in err
+    assert versions(run_dir) == before
+
+
+def test_a_validate_refused_after_the_logger_started_removes_its_empty_version_folder(
+    tiny_model_dir: Path, run_dir: Path, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    monkeypatch.setattr(quantization, "bitsandbytes_installed", lambda: False)
+    args = [*good_args(tiny_model_dir, run_dir, tmp_path), "--model.quantization", "nf4"]
+    args[0] = "validate"
+    before = versions(run_dir)
+    assert main(args) == 2
+    assert "bitsandbytes package" in capsys.readouterr().err
+    assert versions(run_dir) == before  # Lightning had created version_N/ with an empty event file
+
+
+def versions(run: Path) -> set[Path]:
+    return set((run / "tb_logs").glob("**/version_*"))
