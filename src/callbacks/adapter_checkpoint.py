@@ -5,6 +5,11 @@ only Lightning can read back. A tutor is shipped as a PEFT adapter folder, a few
 `PeftModel.from_pretrained(base, folder)` loads, so this callback writes exactly that, chosen by math
 accuracy rather than by loss: a lower loss often comes with worse arithmetic.
 
+With a `retention_floor`, only validations whose retention (`retain/kept`: the share of the base
+model's right general answers the adapter still gives) reaches the floor may become `best/`; a
+validation that would have been best but forgot too much is recorded in `passed_over`, so the run
+summary can say that the best-math adapter was passed over for retention.
+
 Layout under `dirpath`::
 
     best/   adapter_model.safetensors, adapter_config.json, tokenizer files, best.json
@@ -24,7 +29,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.trainer.states import TrainerFn
-from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from peft import PeftModel
 
 MODES = ("max", "min")
@@ -44,6 +49,9 @@ class AdapterCheckpoint(Callback):
         monitor: Logged metric that decides which adapter is best.
         mode: "max" when a higher `monitor` is better (accuracy), "min" when lower is (loss).
         save_last: Also save the current adapter at each training epoch end and at fit end.
+        retention_floor: When set, a validation may become best only if `retention_monitor` >= this
+            value (e.g. 0.9: the adapter keeps at least 90% of the base model's right answers).
+        retention_monitor: Logged metric compared with `retention_floor`.
     """
 
     def __init__(
@@ -52,10 +60,17 @@ class AdapterCheckpoint(Callback):
         monitor: str = "val/math_acc",
         mode: str = "max",
         save_last: bool = True,
+        retention_floor: float | None = None,
+        retention_monitor: str = "retain/kept",
     ) -> None:
         if mode not in MODES:
             raise ValueError(
                 f"AdapterCheckpoint(mode={mode!r}): expected one of {MODES} ('max' for accuracy, 'min' for loss)."
+            )
+        if retention_floor is not None and not 0.0 <= retention_floor <= 1.0:
+            raise ValueError(
+                f"AdapterCheckpoint(retention_floor={retention_floor}): expected a share between 0 and 1 of the base "
+                "model's right answers to keep (0.9 = 90%), or null for no floor."
             )
         self._dirpath_arg = dirpath
         self.dirpath: Path | None = Path(dirpath) if dirpath is not None else None
@@ -63,6 +78,10 @@ class AdapterCheckpoint(Callback):
         self.monitor = monitor
         self.mode = mode
         self.save_last = save_last
+        self.retention_floor = retention_floor
+        self.retention_monitor = retention_monitor
+        self.passed_over: list[dict[str, Any]] = []
+        """Validations that beat the kept best on `monitor` but fell below the retention floor."""
         self.best_score: float | None = None
         self.best_step: int | None = None
         self.best_epoch: int | None = None
@@ -90,6 +109,13 @@ class AdapterCheckpoint(Callback):
         if not self._improved(score):
             return
         meta = {"monitor": self.monitor, "score": score, "step": trainer.global_step, "epoch": trainer.current_epoch}
+        if self.retention_floor is not None:
+            retention = self._read_metric(trainer, self.retention_monitor, "retention_monitor")
+            if not retention >= self.retention_floor:  # NaN retention never passes
+                self._pass_over(trainer, score, retention)
+                return
+            meta |= {"retention_monitor": self.retention_monitor, "retention": retention,
+                     "retention_floor": self.retention_floor}
         path = self._save(trainer, pl_module, "best", meta)
         # Only after a complete save: a failed one must not claim a best that is not on disk.
         self.best_score, self.best_path = score, path
@@ -103,24 +129,55 @@ class AdapterCheckpoint(Callback):
 
     # ----------------------------------------------------------------------------- helpers
     def _read_monitor(self, trainer: Trainer) -> float:
+        return self._read_metric(trainer, self.monitor, "monitor")
+
+    def _read_metric(self, trainer: Trainer, name: str, arg: str) -> float:
         metrics = trainer.callback_metrics
-        if self.monitor not in metrics:
+        if name not in metrics:
             logged = sorted(metrics) or ["(none)"]
-            raise MisconfigurationException(
-                f"AdapterCheckpoint(monitor={self.monitor!r}) found no such metric after the validation at step "
-                f"{trainer.global_step}. Logged metrics: {', '.join(logged)}. Set the `monitor` init arg of "
-                f"AdapterCheckpoint in the config's `trainer.callbacks` to one of them (monitor: val/loss with "
-                f"mode: min when no math items are graded), or log {self.monitor!r} from the module's validation."
+            hint = (
+                "(monitor: val/loss with mode: min when no math items are graded)"
+                if arg == "monitor"
+                else "(retention is logged when the module evaluates the retention set; or drop retention_floor)"
             )
-        value = metrics[self.monitor]
+            raise MisconfigurationException(
+                f"AdapterCheckpoint({arg}={name!r}) found no such metric after the validation at step "
+                f"{trainer.global_step}. Logged metrics: {', '.join(logged)}. Set the `{arg}` init arg of "
+                f"AdapterCheckpoint in the config's `trainer.callbacks` to one of them {hint}, or log {name!r} "
+                "from the module's validation."
+            )
+        value = metrics[name]
         return float(value.item() if isinstance(value, torch.Tensor) else value)
+
+    def _pass_over(self, trainer: Trainer, score: float, retention: float) -> None:
+        entry = {"step": trainer.global_step, "epoch": trainer.current_epoch, "score": score, "retention": retention,
+                 "kept_step": self.best_step, "kept_score": self.best_score}
+        self.passed_over.append(entry)
+        kept = f"the adapter of step {self.best_step} stays best" if self.best_step is not None else "no adapter is best yet"
+        rank_zero_info(
+            f"AdapterCheckpoint: the adapter of step {trainer.global_step} has the best {self.monitor} so far "
+            f"({score:.4f}) but {self.retention_monitor} = {retention:.4f} is below the floor {self.retention_floor}; "
+            f"{kept}."
+        )
+
+    @property
+    def best_passed_over(self) -> dict[str, Any] | None:
+        """The passed-over validation that beats the kept best by most, or None when the kept adapter is
+        also the best on `monitor` alone."""
+        better = [e for e in self.passed_over if self.best_score is None or self._better(e["score"], self.best_score)]
+        if not better:
+            return None
+        return max(better, key=lambda e: e["score"] if self.mode == "max" else -e["score"])
 
     def _improved(self, score: float) -> bool:
         if math.isnan(score):
             return False
         if self.best_score is None:
             return True
-        return score > self.best_score if self.mode == "max" else score < self.best_score
+        return self._better(score, self.best_score)
+
+    def _better(self, score: float, than: float) -> bool:
+        return score > than if self.mode == "max" else score < than
 
     def _save_last(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # Epoch end and fit end often fall on the same step: save once.
@@ -146,6 +203,8 @@ class AdapterCheckpoint(Callback):
             "best_epoch": self.best_epoch,
             "best_path": str(self.best_path) if self.best_path else None,
             "last_path": str(self.last_path) if self.last_path else None,
+            "retention_floor": self.retention_floor,
+            "passed_over": self.passed_over,
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -155,6 +214,7 @@ class AdapterCheckpoint(Callback):
         best_path, last_path = state_dict.get("best_path"), state_dict.get("last_path")
         self.best_path = Path(best_path) if best_path else None
         self.last_path = Path(last_path) if last_path else None
+        self.passed_over = list(state_dict.get("passed_over", []))
 
 
 def _staging(target: Path) -> Path:

@@ -1,0 +1,70 @@
+"""Replay: the base model's own replies to general prompts, mixed into the task's training records.
+
+Loss on those replies teaches the adapter to leave general behaviour as the base model had it (the
+replies come from `src.evaluation.reply_cache`, generated once). `replay_ratio` counts replay rows
+per task row: 0.1 adds one replay row for every ten task rows. When more replay rows are asked for
+than there are prompts, the prompts are reused, each pass in a new order, so no prompt is seen twice
+before every prompt is seen once.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+from src.data.conversation import Record, make_record
+from src.errors import ConfigurationError
+
+REPLAY_KIND = "replay"
+"""The `kind` of replay records (their `expected` is None: they are never graded as math)."""
+
+
+def replay_records(prompts: Sequence[str], replies: Sequence[str]) -> list[Record]:
+    """One single-turn training record per (prompt, base reply) pair; empty replies are skipped,
+    since they would only teach the model to stop at once."""
+    if len(prompts) != len(replies):
+        raise ValueError(f"Got {len(prompts)} replay prompts but {len(replies)} replies; give one reply per prompt.")
+    return [
+        make_record([{"role": "user", "content": p}, {"role": "assistant", "content": r.strip()}], kind=REPLAY_KIND)
+        for p, r in zip(prompts, replies)
+        if r.strip()
+    ]
+
+
+def replay_count(task_rows: int, ratio: float) -> int:
+    """How many replay rows `ratio` adds to `task_rows` task rows (rounded to the nearest row)."""
+    if not 0.0 <= ratio <= 10.0:
+        raise ConfigurationError(
+            f"data.replay_ratio is {ratio}; expected replay rows per task row between 0 and 10 "
+            "(0.1 = one replay row per ten task rows, 0 = no replay)"
+        )
+    return round(task_rows * ratio)
+
+
+def mix_replay(task: Sequence[Record], replay: Sequence[Record], ratio: float, seed: int) -> list[Record]:
+    """The task records in their order with `replay_count(len(task), ratio)` replay rows inserted at
+    positions drawn from `seed`: the same seed gives the same list."""
+    wanted = replay_count(len(task), ratio)
+    if wanted == 0:
+        return list(task)
+    if not replay:
+        raise ConfigurationError(
+            f"data.replay_ratio is {ratio} but there are no replay records; give replay prompts with non-empty "
+            "base replies, or set data.replay_ratio: 0"
+        )
+    rng = random.Random(seed)
+    chosen: list[Record] = []
+    while len(chosen) < wanted:
+        order = list(replay)
+        rng.shuffle(order)
+        chosen.extend(order[: wanted - len(chosen)])
+    # Slots 0..len(task) are the gaps before, between and after task rows; several replay rows may share one.
+    gaps = sorted(rng.randrange(len(task) + 1) for _ in chosen)
+    mixed: list[Record] = []
+    cursor = 0
+    for gap, record in zip(gaps, chosen):
+        mixed.extend(task[cursor:gap])
+        cursor = gap
+        mixed.append(record)
+    mixed.extend(task[cursor:])
+    return mixed

@@ -1,0 +1,88 @@
+"""How far the adapter moved the base model's distribution, measured without an answer key.
+
+Mean per-token KL(base || adapter) on the base model's own replies, teacher-forced: the base model's
+greedy reply to each open prompt is fed to both models, and at every reply position the divergence
+of the adapter's next-token distribution from the base's is averaged. It needs two forward passes
+and no generation. With PEFT both come from one model: the adapter forward, then the same forward
+inside `model.disable_adapter()`.
+
+Positions count where `labels != -100` (the reply tokens, end-of-turn included), shifted as in the
+causal LM loss: the logits at position t predict the label at t + 1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from peft import PeftModel
+from torchmetrics import Metric
+from torchmetrics.utilities.compute import _safe_divide
+
+from src.data.chat_format import IGNORE_INDEX, ChatFormatter
+from src.data.collate import TrainCollator
+
+
+@torch.no_grad()
+def token_kl_sum(model: PeftModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor):
+    """(sum of per-token KL(base || adapter) over labelled positions, number of those positions)."""
+    if not isinstance(model, PeftModel):
+        raise TypeError(
+            f"KL(base || adapter) needs a PEFT model to switch the adapter off, got {type(model).__name__}; "
+            "wrap the base model with peft.get_peft_model."
+        )
+    target = labels[:, 1:] != IGNORE_INDEX  # (B, T-1): which next-token predictions are reply tokens
+    was_training = model.training
+    model.eval()  # LoRA dropout would make the measure random
+    adapter_logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1][target]  # (N, V)
+    with model.disable_adapter():
+        base_logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1][target]
+    model.train(was_training)
+    base_logp = F.log_softmax(base_logits.float(), dim=-1)
+    adapter_logp = F.log_softmax(adapter_logits.float(), dim=-1)
+    # kl_div(input, target) = Σ target · (log target − input): input is the adapter, target the base.
+    per_token = F.kl_div(adapter_logp, base_logp, log_target=True, reduction="none").sum(-1)  # (N,)
+    return per_token.sum().double(), int(target.sum())
+
+
+def reply_batches(
+    formatter: ChatFormatter, prompts: Sequence[str], replies: Sequence[str], batch_size: int, max_length: int | None = None
+) -> Iterable[dict[str, torch.Tensor]]:
+    """Right-padded teacher-forcing batches of (prompt, reply) conversations, labels on the reply only."""
+    if len(prompts) != len(replies):
+        raise ValueError(f"Got {len(prompts)} prompts but {len(replies)} replies; give one reply per prompt.")
+    collate = TrainCollator(formatter.tokenizer.pad_token_id)
+    for start in range(0, len(prompts), batch_size):
+        examples = []
+        for prompt, reply in zip(prompts[start : start + batch_size], replies[start : start + batch_size]):
+            tokens = formatter.tokenize(
+                [{"role": "user", "content": prompt}, {"role": "assistant", "content": reply}], max_length
+            )
+            examples.append({"input_ids": tokens.input_ids, "labels": tokens.labels})
+        yield collate(examples)
+
+
+class MeanTokenKL(Metric):
+    """Mean per-token KL(base || adapter) over every labelled position seen (`retain/kl`, in nats)."""
+
+    is_differentiable = False
+    higher_is_better = False
+    full_state_update = False
+
+    total: torch.Tensor
+    tokens: torch.Tensor
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.add_state("total", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("tokens", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, model: PeftModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> None:
+        total, tokens = token_kl_sum(model, input_ids, attention_mask, labels)
+        self.total += total.to(self.total.device)
+        self.tokens += tokens
+
+    def compute(self) -> torch.Tensor:
+        return _safe_divide(self.total.float(), self.tokens)
