@@ -23,11 +23,12 @@ from typing import Any
 import torch
 
 from bench.measure import device_description, median
-from src.cli import TutorCLI, TutorTrainer
+from src.training.lightning_cli import TutorCLI
+from src.training.trainer import TutorTrainer
 from src.data.datamodule import TutorDataModule
 from src.data.formats import load_records
 from src.metrics.math_accuracy import graded_results
-from src.models.tutor_module import TutorModule
+from src.training.tutor_module import TutorModule
 
 PROJECT, PLAIN = "project", "plain_generate"
 
@@ -61,7 +62,7 @@ def questions(data: TutorDataModule, limit: int | None) -> list[dict[str, Any]]:
 def project_answers(module: TutorModule, data: TutorDataModule, items: list[dict[str, Any]]) -> list[str]:
     """`TutorModule`'s own generation over the data module's own math loader, mapped back to file order."""
     data.math_items = items
-    replies = [reply for batch in data.math_dataloader() for reply in module._generate(batch)]
+    replies = [reply for batch in data.math_dataloader() for reply in module.answer_batch(batch)]
     order = sorted(range(len(items)), key=lambda i: -len(items[i]["prompt_ids"]))  # the loader's (stable) order
     answers = [""] * len(items)
     for position, index in enumerate(order):

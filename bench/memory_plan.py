@@ -18,11 +18,12 @@ import argparse
 import torch
 
 from src.callbacks.memory_plan import MemoryPlan, model_config, run_shape
-from src.cli import TutorCLI, TutorTrainer
+from src.training.lightning_cli import TutorCLI
+from src.training.trainer import TutorTrainer
 from src.data.datamodule import TutorDataModule
 from src.models.memory_plan import GIB, meta_model, quantizable_linears
 from src.models.quantization import prepare_for_kbit_training
-from src.models.tutor_module import TutorModule
+from src.training.tutor_module import TutorModule
 
 CONFIGS = ["configs/phi2.yaml", "configs/llama32.yaml", "configs/gpt2-xl.yaml"]
 RANDOM_INIT = "configs/overlays/random_init.yaml"

@@ -38,13 +38,14 @@ from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback, Train
 
 from bench.measure import PeakMemory, device_description, frozen_matmul_parameters, matmul_peak_flops, release_memory
 from bench.train_figures import HF, HF_COMPILE, PROJECT, StepLog, aggregate, format_summary, summarise
-from src.cli import TutorCLI, TutorTrainer
+from src.training.lightning_cli import TutorCLI
+from src.training.trainer import TutorTrainer
 from src.data.collate import count_tokens_and_examples
 from src.data.datamodule import TutorDataModule
 from src.errors import ConfigurationError
 from src.models.loading import load_base_model
 from src.models.precision import resolve_precision, uses_cuda, weight_dtype
-from src.models.tutor_module import TutorModule
+from src.training.tutor_module import TutorModule
 # The 8-bit optimizers under HF's names; AdamW stays HF's default implementation (fused where torch has it).
 HF_OPTIMIZERS = {"adamw_8bit": "adamw_bnb_8bit", "paged_adamw_8bit": "paged_adamw_8bit"}
 

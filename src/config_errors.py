@@ -3,7 +3,7 @@
 jsonargparse reports "Subcommand 'fit' does not accept option 'model.lora_rr'" or
 `Parser key "data.batch_size": Expected a <class 'int'>. Got value: four` after ~90 lines of usage,
 and never says which of several `--config` files holds the key. The CLI's parser raises
-`ConfigurationError` instead (see `src.cli.TutorArgumentParser`), with the message rewritten here:
+`ConfigurationError` instead (see `src.training.lightning_cli.TutorArgumentParser`), with the message rewritten here:
 the file and line where the key is set, what was expected, and the closest accepted key.
 """
 

@@ -17,6 +17,7 @@ from typing import Any
 from src.data.formats import FORMATS
 from src.errors import ConfigurationError
 from src.models.attention import ATTN_IMPLEMENTATIONS
+from src.models.lora import is_pissa
 from src.models.optimizers import OPTIMIZERS
 from src.models.quantization import QUANTIZATIONS
 
@@ -86,15 +87,25 @@ def integers(low: int) -> Rule:
     return Rule(accepts, f"a list of distinct integers >= {low}", nullable=True)
 
 
+def lora_init() -> Rule:
+    """PEFT's `init_lora_weights` values that need nothing but the weights."""
+    def accepts(v: Any) -> bool:
+        return v is True or v in ("gaussian", "pissa") or (isinstance(v, str) and is_pissa(v))
+
+    return Rule(accepts, "true, gaussian, pissa or pissa_niter_<n>")
+
+
 MODEL_RANGES: dict[str, Rule] = {
     "lora_r": integer(1),
     "lora_alpha": real(0, low_open=True),
     "lora_dropout": real(0, 1),
     "lora_layers": integers(0),
+    "lora_init": lora_init(),
     "attn_implementation": choice(ATTN_IMPLEMENTATIONS, nullable=True),
     "quantization": choice(QUANTIZATIONS, nullable=True),
     "optimizer": choice(OPTIMIZERS),
     "learning_rate": real(0, low_open=True),
+    "loraplus_lr_ratio": real(0, low_open=True, nullable=True),
     "weight_decay": real(0),
     "warmup_ratio": real(0, 1),
     "lr_scheduler": choice(LR_SCHEDULERS),
@@ -116,7 +127,10 @@ DATA_RANGES: dict[str, Rule] = {
 }
 # The project's callbacks, by class path: their init arguments as `trainer.callbacks[i].init_args.<name>`.
 CALLBACK_RANGES: dict[str, dict[str, Rule]] = {
-    "src.callbacks.adapter_checkpoint.AdapterCheckpoint": {"mode": choice(("max", "min"))},
+    "src.callbacks.adapter_checkpoint.AdapterCheckpoint": {
+        "mode": choice(("max", "min")),
+        "retention_floor": real(0, 1, high_open=False, nullable=True),
+    },
     "src.callbacks.divergence_rollback.DivergenceRollback": {
         "lr_factor": real(0, 1, low_open=True),
         "max_rollbacks": integer(0),

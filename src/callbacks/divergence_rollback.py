@@ -20,6 +20,8 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_warn
 
+from src.training.contracts import HandlesDivergence
+
 
 class DivergenceRollback(Callback):
     """Roll back to the last healthy weights with a lower learning rate instead of stopping.
@@ -43,6 +45,20 @@ class DivergenceRollback(Callback):
         self._weights: dict[str, torch.Tensor] = {}
         self._optimizer_states: list[dict[str, Any]] = []
         self._snapshot_step: int | None = None
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if not isinstance(pl_module, HandlesDivergence):
+            raise TypeError(f"DivergenceRollback needs a module with divergence_handlers; {type(pl_module).__name__} has none")
+        handle = self._handler(trainer, pl_module)
+        if not any(getattr(h, "rollback", None) is self for h in pl_module.divergence_handlers):
+            pl_module.divergence_handlers.insert(0, handle)  # before any handler that only records or stops
+
+    def _handler(self, trainer: Trainer, pl_module: LightningModule):
+        def handle(what: str, value: float) -> bool:
+            return self.roll_back(trainer, pl_module, what, value)
+
+        handle.rollback = self  # type: ignore[attr-defined]  (so setup on the next stage does not add a second)
+        return handle
 
     # ------------------------------------------------------------------------------ snapshots
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:

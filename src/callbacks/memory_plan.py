@@ -17,7 +17,8 @@ from lightning.pytorch.utilities import rank_zero_info
 from transformers import AutoConfig, PretrainedConfig
 
 from src.errors import ConfigurationError, MemoryPlanError
-from src.models.loading import load_architecture_config, resolve_source
+from src.models.loading import load_architecture_config
+from src.sources.tokenizer import resolve_source
 from src.models.memory_plan import GIB, MemoryEstimate, RunShape, estimate_memory
 from src.models.precision import weight_dtype
 

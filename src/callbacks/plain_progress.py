@@ -4,31 +4,20 @@ Lightning's rich and tqdm bars redraw one line in place: written to a file they 
 draws nothing at all off a terminal). `PlainProgress` prints a line every N steps or seconds instead
 (step/total, loss, real tokens/s, elapsed, ETA) and one per generation pass over a held-out set;
 `with_plain_progress` installs it in place of the bar only when stdout is not a terminal.
-`generation_progress` does the same for loops outside the Trainer's (the base model's evaluation).
 """
 
 from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Iterable, Iterator
 from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import ProgressBar
-from lightning.pytorch.utilities import rank_zero_info
 
-LOSS_LOADER = 0  # TutorModule's first validation loader computes the loss; the others generate answers
-
-
-def duration(seconds: float) -> str:
-    """'42s', '3m05s', '1h02m': short enough for a progress line."""
-    seconds = max(0, int(round(seconds)))
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+from src.evaluation.math_evaluator import LOSS_LOADER
+from src.evaluation.progress_lines import duration, pass_line, questions_in
+from src.training.contracts import ReportedTutor
 
 
 def stdout_is_terminal() -> bool:
@@ -99,7 +88,8 @@ class PlainProgress(ProgressBar):
         loss = self.get_metrics(trainer, pl_module).get("train/loss")
         if loss is not None:
             parts.append(f"loss {float(loss):.4f}")
-        tokens, seconds = getattr(pl_module, "train_tokens_seen", 0), getattr(pl_module, "train_seconds", 0.0)
+        tutor = pl_module if isinstance(pl_module, ReportedTutor) else None
+        tokens, seconds = (tutor.train_tokens_seen, tutor.train_seconds) if tutor else (0, 0.0)
         if tokens and seconds:
             parts.append(f"{tokens / seconds:,.0f} tokens/s")  # real (unpadded) tokens over time in steps
         parts.append(f"elapsed {duration(now - self._fit_started)}")
@@ -124,7 +114,7 @@ class PlainProgress(ProgressBar):
         total = self._questions(trainer, dataloader_idx)
         last = batch_idx + 1 >= self._batches(trainer, dataloader_idx)
         if last or self._due(0):
-            sets = getattr(pl_module, "math_sets", [])
+            sets = pl_module.math_sets if isinstance(pl_module, ReportedTutor) else []
             name = sets[dataloader_idx - 1] if 0 < dataloader_idx <= len(sets) else f"set {dataloader_idx}"
             self._print(pass_line(f"validation ({name})", self._answered, total, time.monotonic() - self._pass_started))
 
@@ -142,41 +132,6 @@ class PlainProgress(ProgressBar):
             return len(dataset)
         except TypeError:
             return None
-
-
-def questions_in(batch: Any) -> int:
-    """Questions in a generation batch (its `question` list), else its first dimension."""
-    if isinstance(batch, dict) and "question" in batch:
-        return len(batch["question"])
-    ids = batch.get("input_ids") if isinstance(batch, dict) else None
-    return int(ids.shape[0]) if ids is not None else 0
-
-
-def pass_line(label: str, answered: int, total: int | None, seconds: float) -> str:
-    return f"{label}: {answered}/{total if total is not None else '?'} questions answered, elapsed {duration(seconds)}"
-
-
-def generation_progress(batches: Iterable[Any], label: str, total: int | None = None,
-                        every_n_seconds: float = 60.0) -> Iterator[Any]:
-    """Yield `batches`, saying first how many questions the pass answers, after the first batch roughly how
-    long it takes, then a line every `every_n_seconds` and at the end (on a terminal too: no bar covers it)."""
-    if total is None:
-        total = len(getattr(batches, "dataset", ()) or ()) or None
-    rank_zero_info(f"{label}: answering {total if total is not None else 'the'} questions")
-    started = last = time.monotonic()
-    answered = 0
-    for batch in batches:
-        yield batch
-        answered += questions_in(batch)
-        now = time.monotonic()
-        if answered == questions_in(batch) and total and answered < total:
-            rank_zero_info(f"{label}: about {duration((now - started) / answered * total)} for {total} questions "
-                           f"(from the first {answered})")
-            last = now
-        elif now - last >= every_n_seconds:
-            rank_zero_info(pass_line(label, answered, total, now - started))
-            last = now
-    rank_zero_info(pass_line(label, answered, total, time.monotonic() - started))
 
 
 def with_plain_progress(callbacks: Any, enable_progress_bar: bool | None) -> Any:

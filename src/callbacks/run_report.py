@@ -21,6 +21,7 @@ from matplotlib.figure import Figure
 
 from src.callbacks.adapter_checkpoint import AdapterCheckpoint
 from src.callbacks.memory_monitor import MemoryMonitor
+from src.training.contracts import ReportedTutor
 
 DEFAULT_SAMPLE_QUESTIONS = ("¿Cuánto es 12 + 7?", "What is 9 * 8?", "¿Cuánto es 45 - 18?")
 TRAIN_KEYS = ("train/loss", "train/grad_norm", "train/lr")
@@ -123,7 +124,8 @@ class RunReport(Callback):
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.sanity_checking:
             return
-        prefixes = tuple(f"{name}/" for name in {"val", *getattr(pl_module, "math_sets", [])})
+        sets = pl_module.math_sets if isinstance(pl_module, ReportedTutor) else []
+        prefixes = tuple(f"{name}/" for name in {"val", *sets})
         values = {k: _scalar(v) for k, v in trainer.callback_metrics.items() if k.startswith(prefixes)}
         if values:
             self.history.append(self._record(trainer, "val", values))
@@ -150,14 +152,15 @@ class RunReport(Callback):
     ) -> dict[str, Any]:
         losses = [r["train/loss"] for r in self.history if r["kind"] == "train" and "train/loss" in r]
         duration = self._duration_s if self._duration_s is not None else time.perf_counter() - self._t0
-        examples = getattr(pl_module, "train_examples_seen", None)
-        tokens = getattr(pl_module, "train_tokens_seen", None)
-        model = getattr(pl_module, "model", None)
-        model = pl_module if model is None else model
+        # A module without the ReportedTutor contract gets a summary of what Lightning itself knows.
+        tutor = pl_module if isinstance(pl_module, ReportedTutor) else None
+        examples = tutor.train_examples_seen if tutor else None
+        tokens = tutor.train_tokens_seen if tutor else None
+        model = tutor.model if tutor and tutor.model is not None else pl_module
         params = sum(p.numel() for p in model.parameters())
 
         # Base accuracy: what the module measured before training, else a step-0 validation.
-        base_metrics = getattr(pl_module, "base_math_metrics", None) or {}
+        base_metrics = (tutor.base_math_metrics if tutor else None) or {}
         vals = [r for r in self.history if r["kind"] == "val" and ACC_KEY in r]
         base = base_metrics.get(ACC_KEY, next((r[ACC_KEY] for r in vals if r["step"] == 0), None))
         # Best: the accuracy of the adapter the checkpoint kept, else the highest logged after step 0.
@@ -175,7 +178,7 @@ class RunReport(Callback):
 
         kept_record = next((r for r in reversed(tuned) if r["step"] == best_step), None) if best_step else None
         return {
-            "held_out": _held_out_table(getattr(pl_module, "math_sets", ["val"]), base_metrics, kept_record),
+            "held_out": _held_out_table(tutor.math_sets if tutor else ["val"], base_metrics, kept_record),
             "loss_initial": losses[0] if losses else None,
             "loss_final": losses[-1] if losses else None,
             "loss_min": min(losses) if losses else None,
@@ -185,7 +188,7 @@ class RunReport(Callback):
             "total_steps": trainer.global_step,
             "duration_s": duration,
             # Optimizer steps only: validation, generation and the base-model evaluation excluded.
-            "train_time_s": getattr(pl_module, "train_seconds", None),
+            "train_time_s": tutor.train_seconds if tutor else None,
             "samples_per_sec": examples / duration if examples is not None and duration > 0 else None,
             "steps_per_sec": trainer.global_step / duration if duration > 0 else None,
             "train_examples_seen": examples,
@@ -308,7 +311,7 @@ class RunReport(Callback):
     def _print_samples(
         self, trainer: Trainer, pl_module: LightningModule, checkpoint: AdapterCheckpoint | None
     ) -> None:
-        if not self.sample_questions:
+        if not self.sample_questions or not isinstance(pl_module, ReportedTutor):
             return
         conversations = [[{"role": "user", "content": q}] for q in self.sample_questions]
         was_training = pl_module.training

@@ -33,8 +33,8 @@ from src.data.samplers import LengthGroupedBatchSampler
 from src.data.splits import drop_overlap, split_records
 from src.data.stats import dataset_statistics, flatten_for_logging, format_statistics
 from src.errors import ConfigurationError
-from src.models.loading import load_tokenizer
-from src.models.offline_default import OFFLINE_DEFAULT, cache_root
+from src.sources.tokenizer import load_tokenizer
+from src.sources.offline_default import OFFLINE_DEFAULT, cache_root
 
 TOKENIZATION_VERSION = "2"  # bump when tokenisation changes, so stale caches are not reused
 

@@ -92,12 +92,12 @@ def load_records(path: str | Path, format: str = "auto") -> list[Record]:
         # Streamed line by line: a large JSONL file is never held in memory as text.
         items: Iterable[tuple[str, Any]] = _jsonl_items(path)
     else:
-        text = _read_text(path)
+        text = read_text(path)
         if format == "qa_blocks":
             return parse_qa_blocks(text, str(path))
         if not text.strip():
             raise DataFormatError(str(path), None, f"file is empty; expected {EXPECTED['json']}")
-        items = _json_items(text, str(path))
+        items = json_items(text, str(path))
     items = iter(items)
     # Look ahead to the first object (a few bad lines may come first) to tell chat from instruction.
     ahead: list[tuple[str, Any]] = []
@@ -122,7 +122,7 @@ def _check_is_file(path: Path) -> None:
         raise DataFormatError(str(path), None, "is a directory; expected a data file (.txt, .json or .jsonl)")
 
 
-def _read_text(path: Path) -> str:
+def read_text(path: Path) -> str:
     """File contents with Windows line ends and a UTF-8 byte-order mark removed."""
     data = path.read_bytes()
     try:
@@ -166,7 +166,7 @@ def _jsonl_items(path: Path) -> Iterator[tuple[str, Any]]:
             try:
                 yield f"line {number}", _decode_json(line)
             except JSONValueError as e:
-                if number == 1 and _is_one_object(_read_text(path)):
+                if number == 1 and _is_one_object(read_text(path)):
                     raise DataFormatError(
                         str(path),
                         None,
@@ -221,7 +221,7 @@ def _format_from_keys(first: tuple[str, Any], path: str) -> str:
     )
 
 
-def _json_items(text: str, path: str) -> list[tuple[str, Any]]:
+def json_items(text: str, path: str) -> list[tuple[str, Any]]:
     """(location, decoded value) per array element or non-blank line; a bad line's value is its RecordError."""
     if text.lstrip().startswith("["):
         try:
@@ -362,13 +362,13 @@ def record_from_chat(obj: Any) -> Record:
     speaker_key, text_key, roles = CHAT_SPECS[key]
     turns = obj[key]
     if not isinstance(turns, list) or not turns:
-        got = "an empty array" if turns == [] else _describe(turns)
+        got = "an empty array" if turns == [] else describe_value(turns)
         raise RecordError(f"'{key}' must be a non-empty array of turns, got {got}")
     messages: list[Message] = []
     for i, turn in enumerate(turns):
         name = f"{key}[{i}]"
         if not isinstance(turn, dict) or speaker_key not in turn or text_key not in turn:
-            raise RecordError(f"{name} must be an object with '{speaker_key}' and '{text_key}', got {_describe(turn)}")
+            raise RecordError(f"{name} must be an object with '{speaker_key}' and '{text_key}', got {describe_value(turn)}")
         speaker = turn[speaker_key]
         if not isinstance(speaker, str) or speaker not in roles:
             raise RecordError(f"{name}.{speaker_key}: unknown role {speaker!r}; accepted roles: {', '.join(roles)}")
@@ -383,17 +383,17 @@ def _math_fields(obj: dict[str, Any]) -> tuple[str | None, str | None]:
     """(`kind`, `expected`) with a numeric `expected` kept as the text JSON gave it (68 -> "68")."""
     kind, expected = obj.get("kind"), obj.get("expected")
     if kind is not None and not isinstance(kind, str):
-        raise RecordError(f"'kind' must be a string, got {_describe(kind)}")
+        raise RecordError(f"'kind' must be a string, got {describe_value(kind)}")
     if expected is not None and (isinstance(expected, bool) or not isinstance(expected, (str, int, float))):
-        raise RecordError(f"'expected' must be a string or a number, got {_describe(expected)}")
+        raise RecordError(f"'expected' must be a string or a number, got {describe_value(expected)}")
     if expected is not None and normalise_number(str(expected)) is None:
-        raise RecordError(f"'expected' must be a number such as \"68\", \"-3\", \"2.5\" or \"3/4\", got {_describe(expected)}")
+        raise RecordError(f"'expected' must be a number such as \"68\", \"-3\", \"2.5\" or \"3/4\", got {describe_value(expected)}")
     return kind, None if expected is None else str(expected)
 
 
 def _require_object(obj: Any) -> None:
     if not isinstance(obj, dict):
-        raise RecordError(f"expected a JSON object, got {_describe(obj)}")
+        raise RecordError(f"expected a JSON object, got {describe_value(obj)}")
 
 
 def _string(obj: dict[str, Any], key: str, name: str | None = None) -> str:
@@ -402,7 +402,7 @@ def _string(obj: dict[str, Any], key: str, name: str | None = None) -> str:
         raise RecordError(f"missing key '{key}'; accepted keys: {INSTRUCTION_KEYS}")
     value = obj[key]
     if not isinstance(value, str):
-        raise RecordError(f"{name} must be a string, got {_describe(value)}")
+        raise RecordError(f"{name} must be a string, got {describe_value(value)}")
     if not value.strip():
         raise RecordError(f"{name} is empty")
     return value
@@ -415,7 +415,7 @@ def _optional_string(obj: dict[str, Any], key: str) -> str | None:
     return _string(obj, key)
 
 
-def _describe(value: Any) -> str:
+def describe_value(value: Any) -> str:
     """JSON type and a short excerpt, as the user wrote it: `number 8`, `array [...]`, `null`."""
     if value is None:
         return "null"

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, TypedDict
 
 from src.data.conversation import DataFormatError, Message, Record
-from src.data.formats import RecordError, _json_items, _read_text, _describe, load_records
+from src.data.formats import RecordError, json_items, read_text, describe_value, load_records
 
 _QA_MARKERS = re.compile(r"^\s*(#{3,}\s*$|(pregunta|question|respuesta|answer)\s*:)", re.IGNORECASE | re.MULTILINE)
 
@@ -31,12 +31,12 @@ def load_questions(path: str | Path, format: str = "auto") -> list[Question]:
     """Questions of `path`: bare ones if the file has no answers, else the prompts of its records."""
     path = Path(path)
     if format == "auto":
-        text = _read_text(path)
+        text = read_text(path)
         suffix = path.suffix.lower()
         if suffix == ".txt" and text.strip() and not _QA_MARKERS.search(text):
             return _question_lines(text)
         if suffix in (".json", ".jsonl") and text.strip():
-            items = _json_items(text, str(path))
+            items = json_items(text, str(path))
             first = next((obj for _, obj in items if isinstance(obj, dict)), None)
             if first is not None and "question" in first and "answer" not in first:
                 return _question_objects(items, str(path))
@@ -78,14 +78,14 @@ def _question_object(obj: Any) -> Question:
     if isinstance(obj, RecordError):
         raise obj
     if not isinstance(obj, dict):
-        raise RecordError(f"expected a JSON object with 'question', got {_describe(obj)}")
+        raise RecordError(f"expected a JSON object with 'question', got {describe_value(obj)}")
     values = {}
     for key in ("question", "expected", "kind", "system"):
         value = obj.get(key)
         if key == "expected" and isinstance(value, (int, float)) and not isinstance(value, bool):
             value = str(value)
         if value is not None and not isinstance(value, str):
-            raise RecordError(f"'{key}' must be a string, got {_describe(value)}")
+            raise RecordError(f"'{key}' must be a string, got {describe_value(value)}")
         values[key] = value
     if not values["question"] or not values["question"].strip():
         raise RecordError("'question' is missing or empty")

@@ -22,7 +22,8 @@ from src.data.chat_format import ChatFormatter
 from src.data.retention import CHECKABLE_FILE, DEFAULT_DIR, load_checkable
 from src.evaluation.reply_cache import ReplyCache, base_reply_key, greedy_replies
 from src.metrics.retention import is_correct
-from src.models.loading import load_base_model, load_tokenizer
+from src.models.loading import load_base_model
+from src.sources.tokenizer import load_tokenizer
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -22,10 +22,9 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from src.data.chat_format import ChatFormatter
-from src.data.collate import PromptCollator
 from src.errors import TutorTuneError
-from src.models.generation import generate_greedy
-from src.models.offline_default import cache_root
+from src.evaluation.answers import conversation_replies
+from src.sources.offline_default import cache_root
 
 log = logging.getLogger(__name__)
 
@@ -120,20 +119,5 @@ def greedy_replies(
     batch_size: int = 16,
 ) -> list[str]:
     """Greedy replies to single-turn user prompts, formatted as training formats them."""
-    collate = PromptCollator(tokenizer.pad_token_id)
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    replies: list[str] = []
-    for start in range(0, len(prompts), batch_size):
-        items = [
-            {"prompt_ids": tokenizer(formatter.prompt_text([{"role": "user", "content": p}]),
-                                     add_special_tokens=False)["input_ids"],
-             "question": p, "expected": None, "kind": None}
-            for p in prompts[start : start + batch_size]
-        ]
-        batch = collate(items)
-        replies.extend(generate_greedy(model, tokenizer, batch["input_ids"].to(device),
-                                       batch["attention_mask"].to(device), max_new_tokens, formatter.end_of_turn_ids))
-    model.train(was_training)
-    return replies
+    conversations = [[{"role": "user", "content": p}] for p in prompts]
+    return conversation_replies(model, tokenizer, formatter, conversations, max_new_tokens, batch_size)

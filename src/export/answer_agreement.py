@@ -16,15 +16,9 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from src.data.chat_format import end_of_turn_token_ids
-from src.data.formats import load_records
+from src.data.questions import Question
 from src.metrics.answer_extraction import answers_match, extract_answer
 from src.models.generation import generate_greedy
-
-
-@dataclass(frozen=True)
-class Question:
-    messages: list[dict[str, str]]  # the conversation up to the answer to generate
-    expected: str | None
 
 
 @dataclass(frozen=True)
@@ -50,17 +44,6 @@ class Agreement:
         return self.correct / self.graded if self.graded else float("nan")
 
 
-def load_questions(path: str | Path, limit: int | None = None) -> list[Question]:
-    """Each record's turns before its last assistant reply, with its expected answer."""
-    questions = []
-    for record in load_records(path)[:limit]:
-        messages = [dict(role=m["role"], content=m["content"]) for m in record["messages"]]
-        while messages and messages[-1]["role"] == "assistant":
-            messages.pop()
-        questions.append(Question(messages, record["expected"]))
-    return questions
-
-
 def transformers_replies(
     model_dir: str | Path, questions: list[Question], max_new_tokens: int, batch_size: int = 32
 ) -> list[str]:
@@ -71,7 +54,7 @@ def transformers_replies(
     replies: list[str] = []
     for start in range(0, len(questions), batch_size):
         prompts = [
-            tokenizer.apply_chat_template(q.messages, add_generation_prompt=True, tokenize=False)
+            tokenizer.apply_chat_template(q["messages"], add_generation_prompt=True, tokenize=False)
             for q in questions[start : start + batch_size]
         ]
         # The rendered template already holds every special token (<|im_start|> included).
@@ -90,7 +73,7 @@ def llamacpp_replies(
     replies = []
     for question in questions:
         result = llm.create_chat_completion(
-            messages=question.messages,
+            messages=question["messages"],
             max_tokens=max_new_tokens,
             temperature=0.0,  # greedy: llama.cpp takes the most likely token
             top_k=1,
@@ -106,13 +89,13 @@ def compare(reference: list[str], candidate: list[str], questions: list[Question
     for ref, cand, question in zip(reference, candidate, questions, strict=True):
         same_reply += ref == cand
         same_answer += extract_answer(ref) == extract_answer(cand)
-        if question.expected is not None:
+        if question["expected"] is not None:
             graded += 1
-            correct += answers_match(extract_answer(cand), question.expected)
+            correct += answers_match(extract_answer(cand), question["expected"])
     return Agreement(len(questions), same_answer, same_reply, correct, graded)
 
 
 def accuracy(replies: list[str], questions: list[Question]) -> float:
     """Share of graded questions whose reply carries the expected answer."""
-    graded = [(r, q.expected) for r, q in zip(replies, questions, strict=True) if q.expected is not None]
+    graded = [(r, q["expected"]) for r, q in zip(replies, questions, strict=True) if q["expected"] is not None]
     return sum(answers_match(extract_answer(r), e) for r, e in graded) / len(graded) if graded else float("nan")

@@ -13,35 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
 from src.errors import ConfigurationError
-from src.models.offline_default import OFFLINE_DEFAULT, ensure_offline_default
 from src.models.quantization import bnb_config, keep_unpackable_layers_on_plain_kernel
-from src.models.sources import reading_source, refuse_pickle
-
-
-def resolve_source(model_name: str, gguf_file: str | None = None) -> tuple[str, str | None]:
-    """Map a configured name to what `from_pretrained` takes: (hub id or folder, gguf file or None)."""
-    if model_name == OFFLINE_DEFAULT:
-        # The dequantised cache is a plain float32 folder: no GGUF parsing after the first run.
-        return str(ensure_offline_default()), None
-    return model_name, gguf_file
-
-
-def load_tokenizer(
-    model_name: str, gguf_file: str | None = None, tokenizer_name: str | None = None
-) -> PreTrainedTokenizerBase:
-    """The tokenizer of `tokenizer_name` if given, else of the model; a pad token is always set."""
-    key, name = ("model.tokenizer_name", tokenizer_name) if tokenizer_name else ("model.model_name", model_name)
-    refuse_pickle(key, name)
-    with reading_source(key, name):
-        source, gguf = resolve_source(tokenizer_name, None) if tokenizer_name else resolve_source(model_name, gguf_file)
-        tokenizer = AutoTokenizer.from_pretrained(source, **({"gguf_file": gguf} if gguf else {}))
-    if tokenizer.pad_token is None:
-        # Safe because labels are masked by position, never by the pad token's value.
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
+from src.sources.checks import reading_source, refuse_pickle
+from src.sources.tokenizer import resolve_source
 
 
 def load_architecture_config(model_name: str, architecture: str | None, overrides: dict[str, Any] | None):

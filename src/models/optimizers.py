@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 import torch
 from peft.optimizers import create_loraplus_optimizer
+from transformers import get_scheduler
 
 from src.errors import ConfigurationError
 from src.models.quantization import check_bitsandbytes
@@ -86,6 +87,20 @@ def build_optimizer(
         model, optimizer_class, lr=lr, loraplus_lr_ratio=loraplus_lr_ratio, loraplus_weight_decay=weight_decay,
         **options,
     )
+
+
+def build_optimizer_and_schedule(
+    model: torch.nn.Module, name: str, lr: float, weight_decay: float, loraplus_lr_ratio: float | None,
+    scheduler: str, warmup_ratio: float, total_steps: int,
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """The optimizer over `model`'s trainable parameters and transformers' `scheduler` stepped once an
+    optimizer step, warming up linearly over `warmup_ratio` of `total_steps`."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = build_optimizer(name, trainable, lr, weight_decay, loraplus_lr_ratio, model=model)
+    schedule = get_scheduler(
+        scheduler, optimizer, num_warmup_steps=round(warmup_ratio * total_steps), num_training_steps=total_steps
+    )
+    return optimizer, schedule
 
 
 def optimizer_class_and_options(name: str) -> tuple[type[torch.optim.Optimizer], dict[str, Any]]:

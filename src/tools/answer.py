@@ -19,7 +19,7 @@ from src.data.collate import PromptCollator
 from src.data.formats import FORMATS
 from src.data.questions import Question, load_questions
 from src.metrics.answer_extraction import answers_match, extract_answer
-from src.models.tutor_module import TutorModule
+from src.training.tutor_module import TutorModule
 from src.tools.config import build_tutor, parse, tutor_parser
 
 
@@ -41,7 +41,7 @@ def answer_questions(module: TutorModule, questions: Sequence[Question], batch_s
     replies: list[str] = [""] * len(items)
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
-        for index, reply in zip(chunk, module._generate(collate([items[i] for i in chunk]))):
+        for index, reply in zip(chunk, module.answer_batch(collate([items[i] for i in chunk]))):
             replies[index] = reply
     return replies
 

@@ -17,7 +17,7 @@ import torch
 from transformers import TextStreamer
 
 from src.data.conversation import Message
-from src.models.tutor_module import TutorModule
+from src.training.tutor_module import TutorModule
 from src.tools.config import build_tutor, parse, tutor_parser
 
 PROMPT = "you> "

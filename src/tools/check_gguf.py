@@ -13,7 +13,8 @@ import sys
 import time
 
 from src.errors import TutorTuneError
-from src.export.answer_agreement import accuracy, compare, llamacpp_replies, load_questions, transformers_replies
+from src.data.questions import load_questions
+from src.export.answer_agreement import accuracy, compare, llamacpp_replies, transformers_replies
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        questions = load_questions(args.questions, args.limit)
+        questions = load_questions(args.questions)[: args.limit]
     except TutorTuneError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -17,9 +17,9 @@ import torch
 from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 from peft import PeftModel
 
-from src.cli import link_model_and_data
+from src.training.lightning_cli import link_model_and_data
 from src.data.datamodule import TutorDataModule
-from src.models.tutor_module import TutorModule
+from src.training.tutor_module import TutorModule
 
 
 def tutor_parser(description: str, prog: str) -> ArgumentParser:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from src.models.offline_default import cache_root, locate_gguf
+from src.sources.offline_default import cache_root, locate_gguf
 from src.models.precision import CPUINFO, cpu_flags, resolve_precision
 
 ROOT = Path(__file__).resolve().parents[2]

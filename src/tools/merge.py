@@ -19,7 +19,7 @@ from transformers import PreTrainedModel
 
 from src.data.chat_format import ChatFormatter
 from src.errors import ConfigurationError
-from src.models.tutor_module import TutorModule
+from src.training.tutor_module import TutorModule
 from src.tools.config import build_tutor, parse, tutor_parser
 
 MERGE_INFO = "tutor_tune_merge.json"

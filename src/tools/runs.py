@@ -8,8 +8,8 @@ from pathlib import Path
 
 from lightning.pytorch import Trainer
 
-from src.cli import TutorCLI, cli_main
-from src.models.tutor_module import TutorModule
+from src.training.lightning_cli import TutorCLI, cli_main
+from src.training.tutor_module import TutorModule
 
 
 def training_cli(args: Sequence[str]) -> TutorCLI:
@@ -45,9 +45,10 @@ def lenient_on_divergence(module: TutorModule, trainer: Trainer) -> None:
     """
     module.diverged_at = None
 
-    def stop(what: str, value: float) -> None:
+    def stop(what: str, value: float) -> bool:
         if module.diverged_at is None:
             module.diverged_at = (module.global_step, what, value)
         trainer.should_stop = True
+        return True  # handled: the step is skipped and the run ends
 
-    module._stop_non_finite = stop
+    module.divergence_handlers.append(stop)

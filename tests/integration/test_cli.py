@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import arithmetic_rows, write_jsonl
 from src.callbacks.run_report import RunReport
-from src.cli import cli_main
+from src.training.lightning_cli import cli_main
 import src.models.precision as precision
 
 ROOT = Path(__file__).resolve().parents[2]

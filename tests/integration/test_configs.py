@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from src.callbacks.memory_plan import MemoryPlan
-from src.cli import cli_main
+from src.training.lightning_cli import cli_main
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))

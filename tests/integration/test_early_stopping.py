@@ -8,7 +8,7 @@ from lightning.pytorch.callbacks import EarlyStopping
 
 from conftest import arithmetic_rows, write_jsonl
 from src.callbacks.adapter_checkpoint import AdapterCheckpoint
-from src.cli import cli_main
+from src.training.lightning_cli import cli_main
 
 ROOT = Path(__file__).resolve().parents[2]
 

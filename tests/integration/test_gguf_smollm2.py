@@ -12,8 +12,9 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from src.export import export_gguf
-from src.export.answer_agreement import compare, llamacpp_replies, load_questions, transformers_replies
-from src.models.offline_default import ensure_offline_default, locate_gguf
+from src.data.questions import load_questions
+from src.export.answer_agreement import compare, llamacpp_replies, transformers_replies
+from src.sources.offline_default import ensure_offline_default, locate_gguf
 
 pytestmark = pytest.mark.slow
 # Keys the reference took from the hub model card, and the two that differ by design.
@@ -75,7 +76,7 @@ def test_f16_export_loaded_by_transformers_is_the_merged_model_in_f16_and_answer
         rounded = weight.half().float() if weight.dim() > 1 else weight  # matrices f16, norms F32
         assert torch.equal(loaded_weights[key], rounded), key
 
-    questions = load_questions(VAL, limit=64)
+    questions = load_questions(VAL)[:64]
     expected = transformers_replies(merged_dir, questions, max_new_tokens=32)
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):

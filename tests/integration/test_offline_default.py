@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from src.data.chat_format import ChatFormatter
-from src.models.loading import load_base_model, load_tokenizer
-from src.models.offline_default import OFFLINE_DEFAULT, locate_gguf
+from src.models.loading import load_base_model
+from src.sources.tokenizer import load_tokenizer
+from src.sources.offline_default import OFFLINE_DEFAULT, locate_gguf
 
 pytestmark = pytest.mark.slow
 

@@ -15,7 +15,7 @@ import torch
 import yaml
 
 from conftest import arithmetic_rows, write_jsonl
-from src.cli import cli_main
+from src.training.lightning_cli import cli_main
 
 ROOT = Path(__file__).resolve().parents[2]
 OVERLAYS = ["fsdp.yaml", "deepspeed.yaml"]

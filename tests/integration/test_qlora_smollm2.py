@@ -8,9 +8,10 @@ import bitsandbytes as bnb
 import pytest
 import torch
 
-from src.models.loading import load_base_model, load_tokenizer
+from src.models.loading import load_base_model
+from src.sources.tokenizer import load_tokenizer
 from src.models.lora import attach_lora, keep_trainable_in_float32
-from src.models.offline_default import OFFLINE_DEFAULT
+from src.sources.offline_default import OFFLINE_DEFAULT
 from src.models.optimizers import build_optimizer
 from src.models.quantization import prepare_for_kbit_training
 

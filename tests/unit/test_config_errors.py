@@ -6,7 +6,7 @@ from pathlib import Path
 
 from src.config_errors import key_line, readable_parse_error
 from src.data.datamodule import TutorDataModule
-from src.models.tutor_module import TutorModule
+from src.training.tutor_module import TutorModule
 
 SECTIONS = {"model": TutorModule, "data": TutorDataModule}
 

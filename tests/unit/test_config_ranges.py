@@ -11,11 +11,11 @@ from jsonargparse import Namespace
 from src.config_ranges import CALLBACK_RANGES, DATA_RANGES, MODEL_RANGES, check_ranges, range_problems
 from src.data.datamodule import TutorDataModule
 from src.errors import ConfigurationError
-from src.models.tutor_module import TutorModule
+from src.training.tutor_module import TutorModule
 
 # Settings that are paths, names, free text, flags or mappings: no range to check.
 MODEL_FREE = {"model_name", "gguf_file", "tokenizer_name", "random_init", "architecture", "architecture_overrides",
-              "adapter_path", "target_modules", "gradient_checkpointing", "compile", "evaluate_base",
+              "adapter_path", "target_modules", "use_rslora", "use_dora", "gradient_checkpointing", "compile", "evaluate_base",
               "system_prompt", "chat_template", "packing"}
 DATA_FREE = {"train_file", "val_file", "system_prompt", "chat_template", "packing", "extra_math_files",
              "grade_from_answers", "cache_dir", "model_name", "gguf_file", "tokenizer_name"}
@@ -26,10 +26,12 @@ MODEL_CASES = {
     "lora_alpha": ([0.5, 32], [0, -1, float("nan")]),
     "lora_dropout": ([0.0, 0.5], [1.0, -0.1]),
     "lora_layers": ([None, [0, 3]], [[-1], [1, 1], [0.5]]),
+    "lora_init": ([True, "gaussian", "pissa", "pissa_niter_4"], [False, "olora", "pissa_niter_x"]),
     "attn_implementation": ([None, "sdpa", "eager"], ["flash", ""]),
     "quantization": ([None, "nf4", "int8"], ["fp4"]),
     "optimizer": (["adamw", "paged_adamw_8bit"], ["sgd"]),
     "learning_rate": ([1e-3], [0, -1e-3, float("inf")]),
+    "loraplus_lr_ratio": ([None, 16.0], [0, -2.0, float("nan")]),
     "weight_decay": ([0.0, 0.1], [-0.01]),
     "warmup_ratio": ([0.0, 0.1], [1.0, -0.5]),
     "lr_scheduler": (["cosine", "linear", "constant"], ["cosine_annealing", "reduce_lr_on_plateau"]),
@@ -51,6 +53,7 @@ DATA_CASES = {
 }
 CALLBACK_CASES = {
     ("src.callbacks.adapter_checkpoint.AdapterCheckpoint", "mode"): (["max", "min"], ["maximum"]),
+    ("src.callbacks.adapter_checkpoint.AdapterCheckpoint", "retention_floor"): ([None, 0.0, 0.9, 1.0], [1.5, -0.1]),
     ("src.callbacks.divergence_rollback.DivergenceRollback", "lr_factor"): ([0.1], [0, 1, 2]),
     ("src.callbacks.divergence_rollback.DivergenceRollback", "max_rollbacks"): ([0, 3], [-1]),
     ("src.callbacks.divergence_rollback.DivergenceRollback", "snapshot_every_n_steps"): ([1], [0]),

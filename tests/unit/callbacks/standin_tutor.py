@@ -72,6 +72,8 @@ class StandInTutor(LightningModule):
         self.base_math_metrics: dict[str, float] | None = None
         self.train_tokens_seen = 0
         self.train_examples_seen = 0
+        self.train_seconds = 0.0
+        self.math_sets = ["val"]
         self.generate_calls: list[list[list[dict[str, str]]]] = []
         g = torch.Generator().manual_seed(1)
         self.rows = torch.randint(3, TINY_LLAMA["vocab_size"], (2 * BATCHES_PER_EPOCH, 12), generator=g)
@@ -116,7 +118,7 @@ class StandInTutor(LightningModule):
         acc = self.base_acc if self.global_step == 0 else self.math_acc_by_step.get(self.global_step, 0.0)
         self.log_dict({"val/math_acc": acc, "val/math_acc_strict": acc * 0.5, "val/math_acc/add_2d": acc})
 
-    def generate_replies(self, conversations: list[list[dict[str, str]]]) -> list[str]:
+    def generate_replies(self, conversations: list[list[dict[str, str]]], batch_size: int = 16) -> list[str]:
         self.generate_calls.append(conversations)
         return [f"canned reply {i}" for i in range(len(conversations))]
 

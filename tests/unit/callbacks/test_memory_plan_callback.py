@@ -18,7 +18,7 @@ from src.errors import ConfigurationError, MemoryPlanError
 from src.models.memory_plan import GIB, RunShape, estimate_memory
 from conftest import arithmetic_rows, write_jsonl
 from src.data.datamodule import TutorDataModule
-from src.models.tutor_module import TutorModule
+from src.training.tutor_module import TutorModule
 
 BATCH_SIZE = 4
 

@@ -12,7 +12,8 @@ import pytest
 from lightning.pytorch.callbacks import TQDMProgressBar
 
 import src.callbacks.plain_progress as plain_progress
-from src.callbacks.plain_progress import PlainProgress, duration, generation_progress, with_plain_progress
+from src.callbacks.plain_progress import PlainProgress, with_plain_progress
+from src.evaluation.progress_lines import duration, generation_progress
 
 
 @pytest.mark.parametrize(("seconds", "shown"), [(0, "0s"), (42.4, "42s"), (185, "3m05s"), (3720, "1h02m")])

@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LM
 from tiny_llamas import save_tiny_llama
 from src.errors import ConfigurationError
 from src.export import export_gguf
-from src.models.offline_default import locate_gguf
+from src.sources.offline_default import locate_gguf
 
 # Keys the reference file has because its model card said so (llama.cpp copies them from the hub README).
 MODEL_CARD_KEYS = {"general.basename", "general.finetune", "general.languages", "general.license", "general.organization"}

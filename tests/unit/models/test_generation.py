@@ -11,7 +11,7 @@ import torch
 from src.data.collate import PromptCollator
 from src.data.conversation import Message
 from src.models.generation import generate_greedy
-from src.models.tutor_module import TutorModule
+from src.training.tutor_module import TutorModule
 
 MAX_NEW_TOKENS = 8
 

@@ -11,7 +11,8 @@ import torch
 from transformers import GPT2LMHeadModel, LlamaForCausalLM, PhiForCausalLM
 
 from src.errors import ConfigurationError
-from src.models.loading import check_vocabulary_fits, load_architecture_config, load_base_model, load_tokenizer
+from src.models.loading import check_vocabulary_fits, load_architecture_config, load_base_model
+from src.sources.tokenizer import load_tokenizer
 
 ARCHITECTURES = Path(__file__).parents[3] / "configs" / "architectures"
 

@@ -50,7 +50,7 @@ def test_loading_refuses_to_unpickle_arbitrary_objects(tmp_path: Path) -> None:
 def test_the_trainer_writes_atomically_unless_a_sharding_strategy_or_custom_io_is_chosen() -> None:
     from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-    from src.cli import with_atomic_checkpoints
+    from src.training.trainer import with_atomic_checkpoints
 
     assert [type(p) for p in with_atomic_checkpoints(None, "auto")] == [AtomicCheckpointIO]
     assert [type(p) for p in with_atomic_checkpoints(None, "ddp")] == [AtomicCheckpointIO]

@@ -13,7 +13,7 @@ import torch
 from conftest import arithmetic_rows, write_jsonl
 from src.data.datamodule import TutorDataModule
 from src.errors import ConfigurationError
-from src.models.tutor_module import TutorModule
+from src.training.tutor_module import TutorModule
 from test_tutor_module import make_module, make_trainer, spy_on_logged
 
 BATCH_SIZE = 4
@@ -45,10 +45,10 @@ def test_packed_training_matches_padded_training(tiny_model_dir: Path, tmp_path:
 
 
 def test_packing_checks_the_model_when_it_is_built(tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import src.models.tutor_module as tutor_module
+    import src.models.builder as builder
 
     checked: list[Any] = []
-    monkeypatch.setattr(tutor_module, "check_packing_support", checked.append)
+    monkeypatch.setattr(builder, "check_packing_support", checked.append)
     make_module(tiny_model_dir).configure_model()
     assert checked == []
     module = make_module(tiny_model_dir, packing=True)

@@ -14,7 +14,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from src.errors import ConfigurationError, ModelSourceError
 from src.models.lora import attach_lora
-from src.models.sources import check_adapter, reading_source, refuse_pickle, same_model
+from src.sources.checks import check_adapter, reading_source, refuse_pickle, same_model
 
 
 def tiny_llama(hidden: int) -> LlamaForCausalLM:

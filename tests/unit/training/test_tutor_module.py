@@ -17,11 +17,11 @@ import torch
 from lightning.pytorch import Callback
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-import src.models.tutor_module as tutor_module
+import src.training.tutor_module as tutor_module
 from conftest import arithmetic_rows, write_jsonl
 from src.callbacks.adapter_checkpoint import AdapterCheckpoint
 from src.data.datamodule import TutorDataModule
-from src.models.tutor_module import NonFiniteTrainingError, TutorModule
+from src.training.tutor_module import NonFiniteTrainingError, TutorModule
 
 CLIP = 1e-3  # far below the gradient norm of a random model, so clipping always acts
 MATH_EVAL_SIZE = 2

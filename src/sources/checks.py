@@ -20,7 +20,7 @@ import huggingface_hub
 from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, OfflineModeIsEnabled, RepositoryNotFoundError
 
 from src.errors import ConfigurationError, ModelSourceError, TutorTuneError
-from src.models.offline_default import OFFLINE_DEFAULT
+from src.sources.offline_default import OFFLINE_DEFAULT
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 RANDOM_INIT_OVERLAY = "configs/overlays/random_init.yaml"

@@ -64,10 +64,10 @@ def test_the_saved_adapter_reloads_onto_a_fresh_nf4_base(qlora_fit, tiny_nf4_mod
 
 def test_an_impossible_setting_stops_before_the_model_loads(tiny_nf4_model_dir: Path, tmp_path: Path, monkeypatch) -> None:
     import src.models.quantization as quantization
-    import src.models.tutor_module as tutor_module
+    import src.models.builder as builder
 
     monkeypatch.setattr(quantization, "bitsandbytes_installed", lambda: False)
-    monkeypatch.setattr(tutor_module, "load_base_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    monkeypatch.setattr(builder, "load_base_model", lambda *a, **k: pytest.fail("the model was loaded"))
     with pytest.raises(ConfigurationError, match=r"^model.quantization: int8 needs the bitsandbytes package"):
         make_trainer(tmp_path, 1).fit(make_module(tiny_nf4_model_dir, quantization="int8"),
                                       datamodule=make_datamodule(tiny_nf4_model_dir, tmp_path))

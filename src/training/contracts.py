@@ -1,0 +1,39 @@
+"""What the project's callbacks and tools rely on in a training module, as `Protocol`s.
+
+`TutorModule` satisfies them; so does any module a user writes to reuse the callbacks. Checked with
+`isinstance` (runtime-checkable), so a module without them gets the callbacks' plain behaviour.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol, runtime_checkable
+
+import torch
+
+from src.data.conversation import Message
+
+DivergenceHandler = Callable[[str, float], bool]
+"""Called with what became non-finite ("training loss", "gradient norm") and its value; returns True when it
+dealt with it (the step is skipped), False to let the next handler, or finally the module's error, decide."""
+
+
+@runtime_checkable
+class HandlesDivergence(Protocol):
+    """A module that asks its `divergence_handlers`, in order, before stopping on a NaN/Inf loss or gradient."""
+
+    divergence_handlers: list[DivergenceHandler]
+
+
+@runtime_checkable
+class ReportedTutor(Protocol):
+    """What `RunReport` summarises: held-out sets, the base model's numbers, training counts, sample replies."""
+
+    math_sets: list[str]
+    base_math_metrics: dict[str, float] | None
+    train_tokens_seen: int
+    train_examples_seen: int
+    train_seconds: float
+    model: torch.nn.Module | None
+
+    def generate_replies(self, conversations: list[list[Message]], batch_size: int = 16) -> list[str]: ...

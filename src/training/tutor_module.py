@@ -1,0 +1,234 @@
+"""`TutorModule`: a causal LM with LoRA, trained on answers and judged by the answers it generates.
+
+The hooks live here; the model is assembled by `src.models.builder`, answers are generated and graded
+by `src.evaluation`, and a divergence is handed to the module's `divergence_handlers` before it stops.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import grad_norm
+from torchmetrics import MeanMetric
+
+from src.data.collate import count_tokens_and_examples
+from src.data.conversation import Message
+from src.errors import TutorTuneError
+from src.evaluation.answers import batch_replies, conversation_replies
+from src.evaluation.math_evaluator import LOSS_LOADER, MathEvaluator, evaluate_base, warn_if_replies_are_cut
+from src.models.builder import build_tutor_model, check_sources
+from src.models.loss import causal_lm_loss
+from src.models.optimizers import OptimizerName, build_optimizer_and_schedule
+from src.models.precision import weight_dtype
+from src.models.quantization import Quantization
+from src.sources.offline_default import OFFLINE_DEFAULT
+from src.training.contracts import DivergenceHandler
+
+
+class NonFiniteTrainingError(TutorTuneError, RuntimeError):
+    """The loss or gradient norm became NaN/Inf: continuing would only write a broken adapter."""
+
+
+class TutorModule(L.LightningModule):
+    """LoRA fine-tuning of a causal LM into a tutor, with math accuracy measured by generation.
+
+    Args:
+        model_name: hub id, local folder, or `offline:SmolLM2-135M-Instruct` (no download needed).
+        gguf_file: GGUF file name inside `model_name`'s folder or repository.
+        tokenizer_name: tokenizer source when it differs from the model (random-weight architectures).
+        random_init: random weights from `architecture` (or the model's config) instead of trained ones.
+        architecture: JSON architecture config for `random_init` without a hub.
+        architecture_overrides: config fields to change, e.g. a scaled-down layer count.
+        adapter_path: a saved LoRA adapter to evaluate or continue training; None starts a fresh one.
+        lora_r: LoRA rank.
+        lora_alpha: LoRA scaling numerator (the update is scaled by alpha / r, or alpha / √r with use_rslora).
+        lora_dropout: dropout on the LoRA branch.
+        target_modules: module names to adapt, or "all-linear" for every linear layer but the head.
+        lora_layers: indices of the decoder layers to adapt; None adapts all (upper layers only: faster backward).
+        use_rslora: rank-stabilised LoRA (PEFT's `use_rslora`): scale alpha / √r.
+        use_dora: DoRA (PEFT's `use_dora`): per-output magnitudes beside the low-rank direction; slower steps.
+        lora_init: PEFT's `init_lora_weights`: true (B = 0), "gaussian", "pissa" or "pissa_niter_<n>".
+        gradient_checkpointing: recompute activations in backward to save memory (slower).
+        attn_implementation: "sdpa", "eager" or "flash_attention_2" (CUDA + flash-attn); None: transformers' default.
+        compile: `torch.compile` each decoder block in place (pays off on GPU after the first steps).
+        quantization: "nf4" or "int8" frozen base weights through bitsandbytes (QLoRA); None keeps the trainer's dtype.
+        optimizer: "adamw", "adamw_fused", "adamw_8bit" or "paged_adamw_8bit" (bitsandbytes, 2 bytes of state each).
+        learning_rate: peak learning rate of the optimizer.
+        loraplus_lr_ratio: LoRA+ (PEFT's `create_loraplus_optimizer`): B's learning rate is this times A's; None: off.
+        weight_decay: decoupled weight decay.
+        warmup_ratio: share of the optimizer steps spent warming up linearly.
+        lr_scheduler: transformers scheduler name after warmup ("cosine", "linear", "constant_with_warmup").
+        max_new_tokens: generation budget for each math answer.
+        evaluate_base: measure the untouched base model on the math items before training.
+        wrong_answers_logged: how many wrong answers each validation shows in TensorBoard.
+        system_prompt: linked from `data.system_prompt`.
+        chat_template: linked from `data.chat_template`.
+        seed: seed of random initialisation.
+        packing: linked from `data.packing`; packed batches need a model that keeps examples apart.
+    """
+
+    def __init__(
+        self, model_name: str = OFFLINE_DEFAULT, gguf_file: str | None = None, tokenizer_name: str | None = None,
+        random_init: bool = False, architecture: str | None = None, architecture_overrides: dict[str, Any] | None = None,
+        adapter_path: str | None = None, lora_r: int = 16, lora_alpha: int = 32, lora_dropout: float = 0.05,
+        target_modules: list[str] | str = "all-linear", lora_layers: list[int] | None = None, use_rslora: bool = False,
+        use_dora: bool = False, lora_init: bool | str = True, gradient_checkpointing: bool = False,
+        attn_implementation: str | None = None, compile: bool = False, quantization: Quantization | None = None,
+        optimizer: OptimizerName = "adamw", learning_rate: float = 2e-4, loraplus_lr_ratio: float | None = None,
+        weight_decay: float = 0.0, warmup_ratio: float = 0.05, lr_scheduler: str = "cosine", max_new_tokens: int = 32,
+        evaluate_base: bool = True, wrong_answers_logged: int = 5, system_prompt: str | None = None,
+        chat_template: str | None = None, seed: int = 0, packing: bool = False,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        check_sources(self.hparams)
+        self.strict_loading = False  # checkpoints hold only the trainable LoRA weights (see on_save_checkpoint)
+        self.model = self.tokenizer = self.formatter = None
+        self.evaluator = MathEvaluator(wrong_answers_logged)
+        self.val_loss = MeanMetric()
+        self.base_math_metrics: dict[str, float] | None = None
+        self.divergence_handlers: list[DivergenceHandler] = []
+        self.divergences_handled = 0
+        # Lightning's ThroughputMonitor keeps no totals across a resume: the run summary needs these.
+        self.train_tokens_seen = self.train_examples_seen = 0
+        self.train_seconds = 0.0  # time inside training steps, validation and generation excluded
+        self._batch_started, self._step_tokens = 0.0, 0
+
+    @property
+    def math_sets(self) -> list[str]:
+        return self.evaluator.set_names
+
+    def configure_model(self) -> None:
+        if self.model is None:
+            device = self.trainer.strategy.root_device if self._trainer is not None else torch.device("cpu")
+            dtype = weight_dtype(self.trainer.precision) if self._trainer is not None else torch.float32
+            built = build_tutor_model(self.hparams, device, dtype)
+            self.model, self.tokenizer, self.formatter = built.model, built.tokenizer, built.formatter
+
+    def setup(self, stage: str) -> None:
+        datamodule = self.trainer.datamodule if self._trainer is not None else None
+        self.evaluator.configure(getattr(datamodule, "math_set_names", ["val"]), getattr(datamodule, "math_kinds", []))
+        warn_if_replies_are_cut(self.hparams.max_new_tokens, getattr(datamodule, "longest_reference_answer", None))
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        optimizer, scheduler = build_optimizer_and_schedule(
+            self.model, hp.optimizer, hp.learning_rate, hp.weight_decay, hp.loraplus_lr_ratio, hp.lr_scheduler,
+            hp.warmup_ratio, int(self.trainer.estimated_stepping_batches),
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ----------------------------------------------------------------------------------- training
+    def on_train_start(self) -> None:
+        if self.hparams.evaluate_base and self.global_step == 0 and self.base_math_metrics is None:
+            self.base_math_metrics = self.evaluate_base_model()
+
+    def evaluate_base_model(self) -> dict[str, float] | None:
+        """The untouched base model's math accuracy on every held-out set (None without held-out sets)."""
+        datamodule = self.trainer.datamodule
+        loaders = {name: datamodule.math_dataloader(name) for name in getattr(datamodule, "math_set_names", [])}
+        if not loaders:
+            return None
+        context = self.trainer.precision_plugin.forward_context()
+        return evaluate_base(self.evaluator, self.model, loaders, self.answer_batch, context, self.loggers)
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self._batch_started = time.perf_counter()
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
+        loss = causal_lm_loss(self.model, batch)
+        if not torch.isfinite(loss) and self._handled_divergence("training loss", loss.item()):
+            return None  # Lightning skips backward and the optimizer step for this batch
+        # Counted here, not in on_train_batch_end: callbacks' on_train_batch_end (ModelCheckpoint) runs before
+        # the module's. Summed over data-parallel processes (one all-reduce); padding excluded, packed rows split.
+        local = torch.tensor(count_tokens_and_examples(batch), dtype=torch.long)
+        tokens, examples = (int(n) for n in self.trainer.strategy.reduce(local, reduce_op="sum"))
+        self._step_tokens = tokens
+        self.train_tokens_seen += tokens
+        self.train_examples_seen += examples
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
+        return loss
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        # After backward and before clipping, with unscaled gradients; 16-mixed skips inf gradients by design.
+        total = grad_norm(self.model, norm_type=2).get("grad_2.0_norm_total", 0.0)
+        if not math.isfinite(total) and self.trainer.precision != "16-mixed":
+            self._handled_divergence("gradient norm", total)  # a handler that returns cleared the gradients
+            return
+        self.log("train/grad_norm", total)
+
+    def on_train_batch_end(self, outputs: Any, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        elapsed = max(time.perf_counter() - self._batch_started, 1e-9)
+        self.train_seconds += elapsed
+        self.log("train/tokens_per_sec", self._step_tokens / elapsed)
+
+    def _handled_divergence(self, what: str, value: float) -> bool:
+        """True when a divergence handler dealt with the non-finite value; else the run stops here."""
+        if any(handler(what, value) for handler in self.divergence_handlers):
+            self.divergences_handled += 1
+            return True
+        after = f" after {self.divergences_handled} rollbacks" if self.divergences_handled else ""
+        raise NonFiniteTrainingError(
+            f"Training stopped at step {self.global_step}{after}: the {what} is {value}. The likely cause is a learning "
+            f"rate too high for this model (model.learning_rate={self.hparams.learning_rate}): lower it, e.g. tenfold, "
+            "and keep trainer.gradient_clip_val set. Adapters saved before this step were not touched."
+        )
+
+    # --------------------------------------------------------------------------------- evaluation
+    def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
+        if dataloader_idx == LOSS_LOADER:
+            self.val_loss.update(causal_lm_loss(self.model, batch), weight=(batch["labels"] != -100).sum())
+        else:
+            self.evaluator.grade(self.evaluator.set_of_loader(dataloader_idx), batch, self.answer_batch(batch))
+
+    def on_validation_epoch_end(self) -> None:
+        if self.val_loss.update_count:
+            loss = self.val_loss.compute()
+            # Metrics are already reduced over processes by torchmetrics; sync_dist only confirms it.
+            self.log("val/loss", loss, prog_bar=True, sync_dist=True)
+            self.log("val/ppl", torch.exp(loss), sync_dist=True)
+            self.val_loss.reset()
+        for name in self.evaluator.graded_sets():
+            self.log_dict(self.evaluator.compute(name), prog_bar=False, sync_dist=True)
+        self.evaluator.log_wrong_answers(self.logger, self.global_step)
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
+        self.validation_step(batch, batch_idx, dataloader_idx)
+
+    def on_test_epoch_end(self) -> None:
+        self.on_validation_epoch_end()
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[str]:
+        return self.answer_batch(batch)
+
+    def answer_batch(self, batch: dict[str, Any]) -> list[str]:
+        """Greedy replies to a collated prompt batch, within `max_new_tokens`."""
+        return batch_replies(self.model, self.tokenizer, self.formatter, batch, self.hparams.max_new_tokens)
+
+    def generate_replies(self, conversations: list[list[Message]], batch_size: int = 16) -> list[str]:
+        """Greedy answers to conversations ending with a user turn (samples and the run report)."""
+        return conversation_replies(
+            self.model, self.tokenizer, self.formatter, conversations, self.hparams.max_new_tokens, batch_size
+        )
+
+    # -------------------------------------------------------------------------------- checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Resuming needs the trainable LoRA weights, optimizer and schedule, never the frozen base.
+        trainable = {name for name, p in self.named_parameters() if p.requires_grad}
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
+        checkpoint["base_math_metrics"] = self.base_math_metrics
+        checkpoint["train_progress"] = {
+            "tokens": self.train_tokens_seen, "examples": self.train_examples_seen, "seconds": self.train_seconds
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.base_math_metrics = checkpoint.get("base_math_metrics")
+        progress = checkpoint.get("train_progress", {})
+        self.train_tokens_seen = progress.get("tokens", 0)
+        self.train_examples_seen = progress.get("examples", 0)
+        self.train_seconds = progress.get("seconds", 0.0)
