@@ -55,8 +55,28 @@ def _held_out_table(
             "count": (kept or base).get(f"{key}_count"),
             "base_per_kind": {k: base[f"{key}/{k}"] for k in kinds if f"{key}/{k}" in base},
             "best_per_kind": {k: kept[f"{key}/{k}"] for k in kinds if kept and f"{key}/{k}" in kept},
+            "base_step_errors": _step_error_rates(base, name),
+            "best_step_errors": _step_error_rates(kept or {}, name),
         }
     return table
+
+
+def _step_error_rates(metrics: dict[str, Any], name: str) -> dict[str, float]:
+    """`{step type: share of its steps written wrong}` of one held-out set, from `<set>/steps/<type>/error_rate`."""
+    prefix, suffix = f"{name}/steps/", "/error_rate"
+    return {k[len(prefix) : -len(suffix)]: float(v) for k, v in metrics.items() if k.startswith(prefix) and k.endswith(suffix)}
+
+
+def _step_lines(table: dict[str, dict[str, Any]], shown: int = 6) -> list[str]:
+    """The step types the kept adapter gets wrong most often, per set, with the base model's rate beside."""
+    lines = []
+    for name, row in table.items():
+        best, base = row.get("best_step_errors") or {}, row.get("base_step_errors") or {}
+        worst = sorted((k for k, v in best.items() if v > 0), key=lambda k: -best[k])[:shown]
+        if best:
+            listed = ", ".join(f"{k} {_pct(base.get(k))} -> {best[k]:.1%}" for k in worst) or "none wrong"
+            lines.append(f"  {name:<6} {listed}")
+    return (["Wrong worked steps by type, base -> kept adapter (what to practise next):"] + lines) if lines else []
 
 
 def _held_out_lines(table: dict[str, dict[str, Any]]) -> list[str]:
@@ -302,6 +322,7 @@ class RunReport(Callback):
                 f"{_pct(s['best_math_acc'])}): keep the base model."
             )
         lines.extend(_held_out_lines(s.get("held_out") or {}))
+        lines.extend(_step_lines(s.get("held_out") or {}))
         lines.append(f"Best adapter: {s['best_adapter_path'] or 'not saved (no AdapterCheckpoint)'}")
         lines.append(f"Report files: {self.dirpath}")
         lines.append(f"TensorBoard: tensorboard --logdir {save_dir}")

@@ -1,7 +1,7 @@
 """Math accuracy of generated answers, per held-out set, for the tuned adapter and for the base model.
 
-`MathEvaluator` holds one `MathAccuracy` per held-out set (named by its prefix: "val", "indep") and a
-few wrong answers to show in TensorBoard; `evaluate_base` runs the untouched base model over the
+`MathEvaluator` holds one `MathAccuracy` and one `StepErrors` (which worked step fails, by type) per
+held-out set (named by its prefix: "val", "indep") and a few wrong answers to show in TensorBoard; `evaluate_base` runs the untouched base model over the
 same loaders before training, so base and tuned numbers come from the same questions and code.
 """
 
@@ -18,6 +18,7 @@ from peft import PeftModel
 
 from src.evaluation.progress_lines import generation_progress
 from src.metrics.math_accuracy import MathAccuracy, graded_results
+from src.metrics.step_checker import StepErrors
 from src.models.lora import base_model_outputs
 
 LOSS_LOADER = 0
@@ -34,6 +35,7 @@ class MathEvaluator(torch.nn.Module):
         self.wrong_answers_logged = wrong_answers_logged
         self.set_names: list[str] = ["val"]
         self.accuracies = torch.nn.ModuleDict({"val": MathAccuracy()})
+        self.step_errors = torch.nn.ModuleDict({"val": StepErrors()})
         self.wrong_answers: list[WrongAnswer] = []
 
     def configure(self, set_names: Sequence[str], kinds: Sequence[str]) -> None:
@@ -41,6 +43,7 @@ class MathEvaluator(torch.nn.Module):
         names = list(set_names) or ["val"]
         if names != self.set_names or any(list(m.kinds) != list(kinds) for m in self.accuracies.values()):
             self.accuracies = torch.nn.ModuleDict({name: MathAccuracy(list(kinds)) for name in names})
+            self.step_errors = torch.nn.ModuleDict({name: StepErrors() for name in names})
         self.set_names = names
 
     def set_of_loader(self, dataloader_idx: int) -> str:
@@ -48,6 +51,7 @@ class MathEvaluator(torch.nn.Module):
 
     def grade(self, name: str, batch: Mapping[str, Any], replies: list[str]) -> None:
         self.accuracies[name].update(replies, batch["expected"], batch["kind"])
+        self.step_errors[name].update(replies)
         room = self.wrong_answers_logged - len(self.wrong_answers)
         graded = graded_results(replies, batch["expected"])
         for question, reply, want, grade in zip(batch["question"], replies, batch["expected"], graded):
@@ -59,13 +63,16 @@ class MathEvaluator(torch.nn.Module):
         return [name for name in self.set_names if self.accuracies[name].update_count]
 
     def compute(self, name: str) -> dict[str, float]:
-        """`<set>/math_acc`, `_strict`, `_count` and `<set>/math_acc/<kind>`; the metric is reset."""
-        metric = self.accuracies[name]
-        values = metric.compute()
+        """`<set>/math_acc`, `_strict`, `_count`, `<set>/math_acc/<kind>` and `<set>/steps/<type>/...`;
+        the metrics are reset."""
+        metric, steps = self.accuracies[name], self.step_errors[name]
+        values, step_values = metric.compute(), steps.compute()
         metric.reset()
+        steps.reset()
         prefix = f"{name}/math_acc"
         names = {"acc": prefix, "acc_strict": f"{prefix}_strict", "count": f"{prefix}_count"}
-        return {names.get(key, f"{prefix}/{key.removeprefix('acc/')}"): float(value) for key, value in values.items()}
+        result = {names.get(key, f"{prefix}/{key.removeprefix('acc/')}"): float(v) for key, v in values.items()}
+        return result | {f"{name}/{key}": float(v) for key, v in step_values.items()}
 
     def log_wrong_answers(self, logger: Logger | None, step: int, tag: str = "val/wrong_answers") -> None:
         """The collected wrong answers as a markdown table in TensorBoard; the list starts again empty."""

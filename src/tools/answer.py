@@ -19,6 +19,7 @@ from src.data.collate import PromptCollator
 from src.data.formats import FORMATS
 from src.data.questions import Question, load_questions
 from src.metrics.answer_extraction import answers_match, extract_answer
+from src.metrics.step_checker import check_steps
 from src.training.tutor_module import TutorModule
 from src.tools.config import build_tutor, parse, tutor_parser
 
@@ -52,6 +53,8 @@ def answer_rows(questions: Sequence[Question], replies: Sequence[str]) -> list[d
     for question, reply in zip(questions, replies):
         extracted = extract_answer(reply)
         expected = question["expected"]
+        steps = check_steps(reply)
+        wrong = steps.first_wrong
         rows.append(
             {
                 "question": question["question"],
@@ -60,6 +63,9 @@ def answer_rows(questions: Sequence[Question], replies: Sequence[str]) -> list[d
                 "expected": expected,
                 "correct": None if expected is None else answers_match(extracted, expected),
                 "kind": question["kind"],
+                # The worked steps: "right", "wrong" or "unparseable", and the first wrong step with its type.
+                "steps": steps.status,
+                "first_wrong_step": None if wrong is None else {"text": wrong.text, "kind": wrong.kind, "line": wrong.line, "true": wrong.expected},
             }
         )
     return rows

@@ -324,7 +324,7 @@ def test_the_traceback_is_shown_on_request(tiny_model_dir: Path, run_dir: Path, 
             monkeypatch.setenv("TUTOR_TUNE_TRACEBACK", env)
         code, shown, stderr = run_cli(flag_args, capsys)
         assert code == 2 and shown.startswith("model.adapter_path: ")
-        assert "Traceback (most recent call last)" in stderr and "src/models/sources.py" in stderr
+        assert "Traceback (most recent call last)" in stderr and "src/sources/checks.py" in stderr
 
 
 def test_bugs_keep_their_traceback(capsys) -> None:
