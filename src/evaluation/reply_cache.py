@@ -106,9 +106,15 @@ class ReplyCache:
         path.parent.mkdir(parents=True, exist_ok=True)
         # A scratch file renamed into place: a run killed mid-write never leaves half a cache entry.
         handle, scratch = tempfile.mkstemp(prefix=".replies-", dir=path.parent)
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            json.dump(content, out, ensure_ascii=False, indent=1)
-        os.replace(scratch, path)
+        try:
+            with os.fdopen(handle, "w", encoding="utf-8") as out:
+                json.dump(content, out, ensure_ascii=False, indent=1)
+            os.replace(scratch, path)
+        except BaseException:
+            # An interrupted write (Ctrl-C, full disk) removes its scratch file too; SIGKILL leaves only a
+            # hidden `.replies-*` file, which no key ever names.
+            Path(scratch).unlink(missing_ok=True)
+            raise
 
 
 def greedy_replies(
