@@ -4,7 +4,7 @@ Mean per-token KL(base || adapter) on the base model's own replies, teacher-forc
 greedy reply to each open prompt is fed to both models, and at every reply position the divergence
 of the adapter's next-token distribution from the base's is averaged. It needs two forward passes
 and no generation. With PEFT both come from one model: the adapter forward, then the same forward
-inside `model.disable_adapter()`.
+inside `base_model_outputs(model)` (the adapter switched off, or PiSSA's initial adapter swapped in).
 
 Positions count where `labels != -100` (the reply tokens, end-of-turn included), shifted as in the
 causal LM loss: the logits at position t predict the label at t + 1.
@@ -23,6 +23,7 @@ from torchmetrics.utilities.compute import _safe_divide
 
 from src.data.chat_format import IGNORE_INDEX, ChatFormatter
 from src.data.collate import TrainCollator
+from src.models.lora import base_model_outputs
 
 
 @torch.no_grad()
@@ -37,7 +38,7 @@ def token_kl_sum(model: PeftModel, input_ids: torch.Tensor, attention_mask: torc
     was_training = model.training
     model.eval()  # LoRA dropout would make the measure random
     adapter_logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1][target]  # (N, V)
-    with model.disable_adapter():
+    with base_model_outputs(model):
         base_logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1][target]
     model.train(was_training)
     base_logp = F.log_softmax(base_logits.float(), dim=-1)

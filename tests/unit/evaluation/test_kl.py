@@ -9,6 +9,7 @@ from transformers import LlamaForCausalLM
 
 from src.data.chat_format import IGNORE_INDEX, ChatFormatter
 from src.evaluation.kl import MeanTokenKL, reply_batches, token_kl_sum
+from src.models.lora import attach_lora
 
 PROMPTS = ["Explain why the sky is blue.", "List three fruits."]
 REPLIES = ["Light scatters.", "Apples, pears and plums."]
@@ -50,6 +51,14 @@ def test_kl_is_positive_after_an_optimizer_step(tiny_model_dir, batch) -> None:
     metric.update(model, **batch)
     assert metric.compute().item() > 1e-4
     assert model.training  # the measure restores the mode it found
+
+
+def test_kl_is_zero_for_an_untouched_pissa_adapter(tiny_model_dir, batch) -> None:
+    """PiSSA moves the principal part of each weight into the adapter: the base is the residual plus B₀A₀."""
+    model = attach_lora(LlamaForCausalLM.from_pretrained(tiny_model_dir), r=4, alpha=8, dropout=0.0,
+                        target_modules="all-linear", init_lora_weights="pissa_niter_2")
+    total, tokens = token_kl_sum(model, **batch)
+    assert tokens > 0 and total.item() / tokens == pytest.approx(0.0, abs=1e-6)
 
 
 def test_masked_positions_do_not_count(tiny_model_dir, tiny_adapter_dir, batch) -> None:
