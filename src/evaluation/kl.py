@@ -13,7 +13,7 @@ causal LM loss: the logits at position t predict the label at t + 1.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -26,9 +26,30 @@ from src.data.collate import TrainCollator
 from src.models.lora import base_model_outputs
 
 
+class TeacherForcedRows(NamedTuple):
+    """Per-row results of one teacher-forced pass over (prompt, base reply) rows, each of shape (B,)."""
+
+    kl: torch.Tensor  # float64: sum of per-token KL(base || adapter) over the row's labelled positions
+    tokens: torch.Tensor  # long: how many labelled positions the row has (reply tokens, end-of-turn included)
+    reproduced: torch.Tensor  # bool: the adapter's argmax is the label at every labelled position in budget
+
+
 @torch.no_grad()
-def token_kl_sum(model: PeftModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor):
-    """(sum of per-token KL(base || adapter) over labelled positions, number of those positions)."""
+def teacher_forced_rows(
+    model: PeftModel,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    labels: torch.Tensor,
+    budget: int | None = None,
+) -> TeacherForcedRows:
+    """KL(base || adapter) per row, and whether the adapter's greedy decoding would give the reply again.
+
+    `reproduced` compares the adapter's argmax with the reply tokens at the first `budget` labelled
+    positions (all of them when None): when they all agree, greedy generation with `budget` new tokens
+    returns this reply exactly (up to float ties between a full forward and a cached one), so the reply
+    need not be generated again. A reply longer than `budget` tokens without its end-of-turn token can
+    never be reproduced within the budget.
+    """
     if not isinstance(model, PeftModel):
         raise TypeError(
             f"KL(base || adapter) needs a PEFT model to switch the adapter off, got {type(model).__name__}; "
@@ -45,7 +66,23 @@ def token_kl_sum(model: PeftModel, input_ids: torch.Tensor, attention_mask: torc
     adapter_logp = F.log_softmax(adapter_logits.float(), dim=-1)
     # kl_div(input, target) = Σ target · (log target − input): input is the adapter, target the base.
     per_token = F.kl_div(adapter_logp, base_logp, log_target=True, reduction="none").sum(-1)  # (N,)
-    return per_token.sum().double(), int(target.sum())
+    rows = target.nonzero()[:, 0]  # (N,): the row of each labelled position
+    batch = input_ids.shape[0]
+    kl = torch.zeros(batch, dtype=torch.float64, device=per_token.device).index_add_(0, rows, per_token.double())
+    tokens = target.sum(dim=1)  # (B,)
+    rank = (target.cumsum(dim=1) - 1)[target]  # (N,): 0 for a reply's first token, 1 for its second...
+    in_budget = rank < budget if budget is not None else torch.ones_like(rank, dtype=torch.bool)
+    wrong = (adapter_logits.argmax(-1) != labels[:, 1:][target]) & in_budget  # (N,)
+    mismatches = torch.zeros(batch, dtype=torch.long, device=wrong.device).index_add_(0, rows, wrong.long())
+    # tokens - 1 reply tokens before the end-of-turn label: more than `budget` cannot come back within it.
+    fits = tokens - 1 <= budget if budget is not None else torch.ones_like(tokens, dtype=torch.bool)
+    return TeacherForcedRows(kl=kl, tokens=tokens, reproduced=(mismatches == 0) & fits & (tokens > 0))
+
+
+def token_kl_sum(model: PeftModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor):
+    """(sum of per-token KL(base || adapter) over labelled positions, number of those positions)."""
+    rows = teacher_forced_rows(model, input_ids, attention_mask, labels)
+    return rows.kl.sum(), int(rows.tokens.sum())
 
 
 def reply_batches(

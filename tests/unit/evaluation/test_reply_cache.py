@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import torch
+from peft import LoraConfig, get_peft_model
 from transformers import LlamaForCausalLM
 
 import src.evaluation.reply_cache as reply_cache
@@ -104,6 +105,15 @@ class KeyParts:
         replies = cache.get_or_generate(self.key(), list(self.prompts), generate)
         assert len(replies) == len(self.prompts)
         return generate
+
+
+def test_the_fingerprint_ignores_a_fresh_adapter(tiny_model_dir: Path, model) -> None:
+    config = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear")
+    fingerprints = set()
+    for seed in (0, 1):
+        torch.manual_seed(seed)  # another random A in every run
+        fingerprints.add(weights_fingerprint(get_peft_model(LlamaForCausalLM.from_pretrained(tiny_model_dir), config)))
+    assert len(fingerprints) == 1
 
 
 def touched_copy(model: LlamaForCausalLM) -> LlamaForCausalLM:
