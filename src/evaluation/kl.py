@@ -41,14 +41,15 @@ def teacher_forced_rows(
     attention_mask: torch.Tensor,
     labels: torch.Tensor,
     budget: int | None = None,
+    end_of_turn_ids: set[int] | None = None,
 ) -> TeacherForcedRows:
     """KL(base || adapter) per row, and whether the adapter's greedy decoding would give the reply again.
 
     `reproduced` compares the adapter's argmax with the reply tokens at the first `budget` labelled
     positions (all of them when None): when they all agree, greedy generation with `budget` new tokens
     returns this reply exactly (up to float ties between a full forward and a cached one), so the reply
-    need not be generated again. A reply longer than `budget` tokens without its end-of-turn token can
-    never be reproduced within the budget.
+    need not be generated again. A reply of more than `budget` tokens (a final end-of-turn label, one of
+    `end_of_turn_ids`, not counted) can never be reproduced within the budget.
     """
     if not isinstance(model, PeftModel):
         raise TypeError(
@@ -74,8 +75,12 @@ def teacher_forced_rows(
     in_budget = rank < budget if budget is not None else torch.ones_like(rank, dtype=torch.bool)
     wrong = (adapter_logits.argmax(-1) != labels[:, 1:][target]) & in_budget  # (N,)
     mismatches = torch.zeros(batch, dtype=torch.long, device=wrong.device).index_add_(0, rows, wrong.long())
-    # tokens - 1 reply tokens before the end-of-turn label: more than `budget` cannot come back within it.
-    fits = tokens - 1 <= budget if budget is not None else torch.ones_like(tokens, dtype=torch.bool)
+    fits = torch.ones_like(tokens, dtype=torch.bool)
+    if budget is not None:
+        last_label = labels.gather(1, (target.long().cumsum(dim=1).argmax(dim=1) + 1).unsqueeze(1)).squeeze(1)  # (B,)
+        ends_turn = torch.isin(last_label, torch.tensor(sorted(end_of_turn_ids or ()), dtype=labels.dtype,
+                                                        device=labels.device))
+        fits = tokens - ends_turn.long() <= budget
     return TeacherForcedRows(kl=kl, tokens=tokens, reproduced=(mismatches == 0) & fits & (tokens > 0))
 
 
