@@ -18,7 +18,9 @@ forward passes; one that forgot costs at most `eval_size` short generations plus
 
 from __future__ import annotations
 
+import logging
 import random
+import time
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -32,6 +34,8 @@ from src.evaluation.kl import reply_batches, teacher_forced_rows
 from src.evaluation.reply_cache import ReplyCache, base_reply_key, greedy_replies
 from src.metrics.retention import RepeatedNgrams, RetentionAccuracy, is_correct, kept_share
 from src.models.lora import base_model_outputs
+
+log = logging.getLogger(__name__)
 
 
 class AdapterReplies(NamedTuple):
@@ -162,8 +166,11 @@ class RetentionEvaluator:
         # Generated too: a reply whose text tokenizes to other tokens than were generated (a multi-byte
         # character cut at the budget) is usually not the argmax path, even of the base model.
         redo = [i for i, same in enumerate(reproduced) if not same]
+        started = time.perf_counter()
         fresh = greedy_replies(model, formatter.tokenizer, formatter, [prompts[i] for i in redo], budget,
                                self.batch_size) if redo else []
+        log.info("retention: %d of %d replies (budget %d tokens) reproduced by teacher forcing, %d generated in %.1f s",
+                 len(prompts) - len(redo), len(prompts), budget, len(redo), time.perf_counter() - started)
         replies = list(base)
         for i, reply in zip(redo, fresh):
             replies[i] = reply
