@@ -4,7 +4,7 @@ Mean per-token KL(base || adapter) on the base model's own replies, teacher-forc
 greedy reply to each open prompt is fed to both models, and at every reply position the divergence
 of the adapter's next-token distribution from the base's is averaged. It needs two forward passes
 and no generation. With PEFT both come from one model: the adapter forward, then the same forward
-inside `model.disable_adapter()`.
+inside `base_model_outputs(model)` (the adapter switched off, or PiSSA's initial adapter swapped in).
 
 Positions count where `labels != -100` (the reply tokens, end-of-turn included), shifted as in the
 causal LM loss: the logits at position t predict the label at t + 1.
@@ -13,7 +13,7 @@ causal LM loss: the logits at position t predict the label at t + 1.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -23,11 +23,34 @@ from torchmetrics.utilities.compute import _safe_divide
 
 from src.data.chat_format import IGNORE_INDEX, ChatFormatter
 from src.data.collate import TrainCollator
+from src.models.lora import base_model_outputs
+
+
+class TeacherForcedRows(NamedTuple):
+    """Per-row results of one teacher-forced pass over (prompt, base reply) rows, each of shape (B,)."""
+
+    kl: torch.Tensor  # float64: sum of per-token KL(base || adapter) over the row's labelled positions
+    tokens: torch.Tensor  # long: how many labelled positions the row has (reply tokens, end-of-turn included)
+    reproduced: torch.Tensor  # bool: the adapter's argmax is the label at every labelled position in budget
 
 
 @torch.no_grad()
-def token_kl_sum(model: PeftModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor):
-    """(sum of per-token KL(base || adapter) over labelled positions, number of those positions)."""
+def teacher_forced_rows(
+    model: PeftModel,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    labels: torch.Tensor,
+    budget: int | None = None,
+    end_of_turn_ids: set[int] | None = None,
+) -> TeacherForcedRows:
+    """KL(base || adapter) per row, and whether the adapter's greedy decoding would give the reply again.
+
+    `reproduced` compares the adapter's argmax with the reply tokens at the first `budget` labelled
+    positions (all of them when None): when they all agree, greedy generation with `budget` new tokens
+    returns this reply exactly (up to float ties between a full forward and a cached one), so the reply
+    need not be generated again. A reply of more than `budget` tokens (a final end-of-turn label, one of
+    `end_of_turn_ids`, not counted) can never be reproduced within the budget.
+    """
     if not isinstance(model, PeftModel):
         raise TypeError(
             f"KL(base || adapter) needs a PEFT model to switch the adapter off, got {type(model).__name__}; "
@@ -37,14 +60,34 @@ def token_kl_sum(model: PeftModel, input_ids: torch.Tensor, attention_mask: torc
     was_training = model.training
     model.eval()  # LoRA dropout would make the measure random
     adapter_logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1][target]  # (N, V)
-    with model.disable_adapter():
+    with base_model_outputs(model):
         base_logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1][target]
     model.train(was_training)
     base_logp = F.log_softmax(base_logits.float(), dim=-1)
     adapter_logp = F.log_softmax(adapter_logits.float(), dim=-1)
     # kl_div(input, target) = Σ target · (log target − input): input is the adapter, target the base.
     per_token = F.kl_div(adapter_logp, base_logp, log_target=True, reduction="none").sum(-1)  # (N,)
-    return per_token.sum().double(), int(target.sum())
+    rows = target.nonzero()[:, 0]  # (N,): the row of each labelled position
+    batch = input_ids.shape[0]
+    kl = torch.zeros(batch, dtype=torch.float64, device=per_token.device).index_add_(0, rows, per_token.double())
+    tokens = target.sum(dim=1)  # (B,)
+    rank = (target.cumsum(dim=1) - 1)[target]  # (N,): 0 for a reply's first token, 1 for its second...
+    in_budget = rank < budget if budget is not None else torch.ones_like(rank, dtype=torch.bool)
+    wrong = (adapter_logits.argmax(-1) != labels[:, 1:][target]) & in_budget  # (N,)
+    mismatches = torch.zeros(batch, dtype=torch.long, device=wrong.device).index_add_(0, rows, wrong.long())
+    fits = torch.ones_like(tokens, dtype=torch.bool)
+    if budget is not None:
+        last_label = labels.gather(1, (target.long().cumsum(dim=1).argmax(dim=1) + 1).unsqueeze(1)).squeeze(1)  # (B,)
+        ends_turn = torch.isin(last_label, torch.tensor(sorted(end_of_turn_ids or ()), dtype=labels.dtype,
+                                                        device=labels.device))
+        fits = tokens - ends_turn.long() <= budget
+    return TeacherForcedRows(kl=kl, tokens=tokens, reproduced=(mismatches == 0) & fits & (tokens > 0))
+
+
+def token_kl_sum(model: PeftModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor):
+    """(sum of per-token KL(base || adapter) over labelled positions, number of those positions)."""
+    rows = teacher_forced_rows(model, input_ids, attention_mask, labels)
+    return rows.kl.sum(), int(rows.tokens.sum())
 
 
 def reply_batches(

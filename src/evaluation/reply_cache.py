@@ -35,9 +35,13 @@ def weights_fingerprint(model: torch.nn.Module) -> str:
     """A short hash of every tensor's name, shape, dtype and first and last values.
 
     Reading all 135M parameters would take seconds; two random initialisations or two fine-tunes
-    already differ in their first values. Quantised tensors are read as raw bytes."""
+    already differ in their first values. Quantised tensors are read as raw bytes. LoRA tensors are
+    left out: base replies come with the adapter off, and a fresh adapter's random A must not make
+    every run a cache miss."""
     digest = hashlib.sha256()
     for name, tensor in model.state_dict().items():
+        if "lora_" in name:
+            continue
         flat = tensor.detach().reshape(-1)
         digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
         for part in (flat[:_SAMPLED], flat[-_SAMPLED:]):
@@ -105,9 +109,15 @@ class ReplyCache:
         path.parent.mkdir(parents=True, exist_ok=True)
         # A scratch file renamed into place: a run killed mid-write never leaves half a cache entry.
         handle, scratch = tempfile.mkstemp(prefix=".replies-", dir=path.parent)
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            json.dump(content, out, ensure_ascii=False, indent=1)
-        os.replace(scratch, path)
+        try:
+            with os.fdopen(handle, "w", encoding="utf-8") as out:
+                json.dump(content, out, ensure_ascii=False, indent=1)
+            os.replace(scratch, path)
+        except BaseException:
+            # An interrupted write (Ctrl-C, full disk) removes its scratch file too; SIGKILL leaves only a
+            # hidden `.replies-*` file, which no key ever names.
+            Path(scratch).unlink(missing_ok=True)
+            raise
 
 
 def greedy_replies(

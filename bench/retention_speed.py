@@ -1,0 +1,138 @@
+"""What the retention measurement costs on a real model: the base model once, an adapter at each validation.
+
+    python -m bench.retention_speed --config configs/smollm2.yaml --json retention_speed.json
+
+Loads the config's base model in float32 with a fresh LoRA adapter of the config's rank, then times
+`RetentionEvaluator.measure_base` (generating into a scratch reply cache, then again from that cache)
+and `measure_adapter` for three adapters: the untouched one (it reproduces every base reply), one
+after `--train_steps` AdamW steps on the config's training data, and one reset by PEFT with
+`init_lora_weights=False` (random A and B: it forgets everything, the worst case for cost). It also
+grades the base model's replies cut to shorter budgets, to show which budget keeps its right answers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import tempfile
+import time
+from typing import Any
+
+import torch
+import yaml
+from peft import PeftModel
+from peft.tuners.lora import LoraLayer
+
+from bench.measure import device_description
+from src.data.chat_format import ChatFormatter
+from src.data.collate import TrainCollator
+from src.data.formats import load_records
+from src.data.retention import CHECKABLE_FILE, DEFAULT_DIR, OPEN_FILE, load_checkable, load_open
+from src.evaluation.reply_cache import ReplyCache
+from src.evaluation.retention_eval import RetentionEvaluator
+from src.metrics.retention import is_correct
+from src.models.loading import load_base_model, load_tokenizer
+from src.models.lora import attach_lora
+
+
+def timed(label: str, call: Any, *args: Any) -> tuple[dict[str, float], float]:
+    started = time.perf_counter()
+    metrics = call(*args)
+    seconds = time.perf_counter() - started
+    print(f"{label}: {seconds:.1f} s  " + "  ".join(f"{k}={v:.4g}" for k, v in metrics.items()), flush=True)
+    return metrics, seconds
+
+
+def train_steps(model: PeftModel, formatter: ChatFormatter, train_file: str, steps: int, lr: float) -> float:
+    """`steps` AdamW steps of batch 4 on the task data: an adapter that has started to specialise."""
+    records = load_records(train_file)[: 4 * steps]
+    collate = TrainCollator(formatter.tokenizer.pad_token_id)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    model.train()
+    started = time.perf_counter()
+    for start in range(0, len(records), 4):
+        tokens = [formatter.tokenize(r["messages"]) for r in records[start : start + 4]]
+        batch = collate([{"input_ids": t.input_ids, "labels": t.labels} for t in tokens])
+        model(**batch).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    return time.perf_counter() - started
+
+
+def base_right_at_budgets(evaluator: RetentionEvaluator, formatter: ChatFormatter, budgets: list[int]) -> dict:
+    """How many items the base model answers right with its replies cut to each budget (greedy replies of
+    a shorter budget are the first tokens of a longer one's)."""
+    tokenizer, counts = formatter.tokenizer, {}
+    for budget in budgets:
+        cut = [tokenizer.decode(tokenizer(r, add_special_tokens=False)["input_ids"][:budget]) for r in evaluator.base_replies]
+        counts[budget] = sum(is_correct(r, i["answers"], i["rejects"], i["prompt"]) for r, i in zip(cut, evaluator.checkable))
+    return counts
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default="configs/smollm2.yaml")
+    parser.add_argument("--retention_dir", default=str(DEFAULT_DIR))
+    parser.add_argument("--max_new_tokens", type=int, default=24)
+    parser.add_argument("--open_max_new_tokens", type=int, default=48)
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--eval_size", type=int, help="base-right items graded per validation (default: all)")
+    parser.add_argument("--open_eval_size", type=int, help="open prompts per validation (default: all)")
+    parser.add_argument("--train_steps", type=int, default=20)
+    parser.add_argument("--budgets", default="12,16,20", help="shorter budgets to grade the base replies at")
+    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--json", help="write the figures to this file")
+    options = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if options.threads:
+        torch.set_num_threads(options.threads)
+
+    config = yaml.safe_load(open(options.config, encoding="utf-8"))
+    model_args, data = config["model"], config.get("data", {})
+    tokenizer = load_tokenizer(model_args["model_name"])
+    formatter = ChatFormatter(tokenizer, data.get("system_prompt"), data.get("chat_template"))
+    model = attach_lora(load_base_model(model_args["model_name"], dtype=torch.float32), r=model_args.get("lora_r", 16),
+                        alpha=model_args.get("lora_alpha", 32), dropout=0.0,
+                        target_modules=model_args.get("target_modules", "all-linear"))
+    checkable = load_checkable(f"{options.retention_dir}/{CHECKABLE_FILE}")
+    open_prompts = [item["prompt"] for item in load_open(f"{options.retention_dir}/{OPEN_FILE}")]
+    settings = dict(max_new_tokens=options.max_new_tokens, open_max_new_tokens=options.open_max_new_tokens,
+                    batch_size=options.batch_size, eval_size=options.eval_size, open_eval_size=options.open_eval_size)
+    print(f"device: {device_description(model.device)}, {torch.get_num_threads()} threads; {len(checkable)} checkable "
+          f"items, {len(open_prompts)} open prompts; {settings}", flush=True)
+
+    result: dict[str, Any] = {"device": device_description(model.device), "settings": settings, "seconds": {}}
+    with tempfile.TemporaryDirectory() as scratch:
+        evaluator = RetentionEvaluator(checkable, open_prompts, cache=ReplyCache(scratch), **settings)
+        result["base"], result["seconds"]["base"] = timed("base (generated)", evaluator.measure_base, model, formatter,
+                                                          "32-true", model_args["model_name"])
+        again = RetentionEvaluator(checkable, open_prompts, cache=ReplyCache(scratch), **settings)
+        _, result["seconds"]["base_cached"] = timed("base (from the cache)", again.measure_base, model, formatter,
+                                                    "32-true", model_args["model_name"])
+    result["graded"] = len(evaluator.graded)
+    budgets = [int(b) for b in options.budgets.split(",") if b]
+    result["base_right_at_budget"] = base_right_at_budgets(evaluator, formatter, budgets)
+    print(f"graded per validation: {len(evaluator.graded)}; base right with replies cut to "
+          f"{result['base_right_at_budget']} tokens (of {int(result['base']['retain/acc'] * len(checkable))} at "
+          f"{options.max_new_tokens})", flush=True)
+
+    result["untouched"], result["seconds"]["untouched"] = timed("adapter untouched", evaluator.measure_adapter,
+                                                                model, formatter)
+    result["seconds"]["train_steps"] = train_steps(model, formatter, data["train_file"], options.train_steps,
+                                                   model_args.get("learning_rate", 1e-3))
+    result["trained"], result["seconds"]["trained"] = timed(f"adapter after {options.train_steps} steps",
+                                                            evaluator.measure_adapter, model, formatter)
+    for module in model.modules():
+        if isinstance(module, LoraLayer):
+            module.reset_lora_parameters("default", init_lora_weights=False)
+    result["random"], result["seconds"]["random"] = timed("adapter random (worst case)", evaluator.measure_adapter,
+                                                          model, formatter)
+    if options.json:
+        with open(options.json, "w", encoding="utf-8") as handle:
+            json.dump({**result, "command": vars(options)}, handle, indent=2)
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,210 @@
+"""What the adapter lost of the base model's general ability, measured cheaply enough for every validation.
+
+The base model is measured once (its replies come from the reply cache when a previous run made them):
+it answers every checkable item and every open prompt. At each validation the adapter is graded only
+on items the base model answered right (it cannot keep what the base never had), or on a fixed,
+seeded subset of them (`eval_size`), and on the base model's open replies:
+
+- `retain/kept`: share of those items the adapter still answers right;
+- `retain/kl`: mean per-token KL(base || adapter) on the base's open replies, teacher-forced;
+- `retain/repeat`: share of repeated word 4-grams in the adapter's open replies;
+- `retain/same`: share of graded items the adapter answers word for word as the base did.
+
+Generation is what costs. One teacher-forced pass over the base replies (which the KL needs anyway
+for the open prompts) tells which replies the adapter's greedy decoding would give again token for
+token; only the others are generated. An adapter that kept its general behaviour costs a few
+forward passes; one that forgot costs at most `eval_size` short generations plus the open ones.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import torch
+from peft import PeftModel
+
+from src.data.chat_format import ChatFormatter
+from src.data.retention import CheckableItem
+from src.errors import TutorTuneError
+from src.evaluation.kl import reply_batches, teacher_forced_rows
+from src.evaluation.reply_cache import ReplyCache, base_reply_key, greedy_replies
+from src.metrics.retention import RepeatedNgrams, RetentionAccuracy, is_correct, kept_share
+from src.models.lora import base_model_outputs
+
+log = logging.getLogger(__name__)
+
+
+class AdapterReplies(NamedTuple):
+    replies: list[str]
+    reproduced: list[bool]  # the teacher-forced pass showed greedy decoding gives the base's reply: not generated
+    kl: float  # mean per-token KL(base || adapter) over the base replies, in nats
+
+
+class RetentionEvaluator:
+    """Base-model replies measured once; the adapter's retention of them measured on demand.
+
+    Args:
+        checkable: the checkable items (`load_checkable`), graded by the answer rule.
+        open_prompts: open prompts (`load_open`'s `prompt`s): KL targets and degeneration probes.
+        max_new_tokens: reply budget for checkable items; the answers are a word or a number.
+        open_max_new_tokens: reply budget for open prompts.
+        batch_size: rows per generation and per teacher-forced batch.
+        eval_size: at most this many base-right items graded at each validation, a subset drawn
+            once from `seed`; None grades all of them.
+        open_eval_size: at most this many open prompts (a seeded subset); None uses all.
+        seed: draws the subsets, so every validation of a run grades the same items.
+        cache: where base replies are kept between runs; None generates them every time.
+    """
+
+    def __init__(
+        self,
+        checkable: Sequence[CheckableItem],
+        open_prompts: Sequence[str],
+        max_new_tokens: int = 24,
+        open_max_new_tokens: int = 48,
+        batch_size: int = 32,
+        eval_size: int | None = None,
+        open_eval_size: int | None = None,
+        seed: int = 0,
+        cache: ReplyCache | None = None,
+    ) -> None:
+        if not checkable or not open_prompts:
+            raise ValueError("RetentionEvaluator needs at least one checkable item and one open prompt.")
+        self.checkable = list(checkable)
+        self.max_new_tokens, self.open_max_new_tokens = max_new_tokens, open_max_new_tokens
+        self.batch_size, self.eval_size, self.seed, self.cache = batch_size, eval_size, seed, cache
+        self.open_prompts = _seeded_subset(list(open_prompts), open_eval_size, seed)
+        self.base_correct: torch.Tensor | None = None
+        """(len(checkable),) bool: the base model's grade of every item; None until measured."""
+        self.base_replies: list[str] = []
+        self.graded: list[int] = []
+        """Indices of the items graded at validation (base-right, at most `eval_size`)."""
+        self.base_open_replies: list[str] = []
+
+    # ----------------------------------------------------------------------------- the base model
+    def measure_base(
+        self, model: PeftModel, formatter: ChatFormatter, precision_key: str, model_source: str | None = None
+    ) -> dict[str, float]:
+        """The base model's replies (adapter off), graded; from the reply cache when it holds them.
+
+        `precision_key` and `model_source` enter the cache key (see `base_reply_key`): replies made
+        under another precision or from another model are never reused."""
+        prompts = [item["prompt"] for item in self.checkable]
+        with base_model_outputs(model):
+            self.base_replies = self._base_replies(model, formatter, prompts, self.max_new_tokens, precision_key,
+                                                   model_source, "retention (checkable)")
+            self.base_open_replies = self._base_replies(model, formatter, self.open_prompts, self.open_max_new_tokens,
+                                                        precision_key, model_source, "retention (open)")
+        grades = [is_correct(reply, item["answers"], item["rejects"], item["prompt"])
+                  for reply, item in zip(self.base_replies, self.checkable)]
+        self.base_correct = torch.tensor(grades, dtype=torch.bool)
+        self.graded = _seeded_subset([i for i, right in enumerate(grades) if right], self.eval_size, self.seed)
+        repeat = RepeatedNgrams()
+        repeat.update(self.base_open_replies)
+        return {"retain/acc": sum(grades) / len(grades), "retain/repeat": float(repeat.compute()),
+                "retain/count": float(len(grades))}
+
+    def _base_replies(
+        self, model: PeftModel, formatter: ChatFormatter, prompts: list[str], budget: int, precision_key: str,
+        model_source: str | None, label: str,
+    ) -> list[str]:
+        def generate(batch: list[str]) -> list[str]:
+            return greedy_replies(model, formatter.tokenizer, formatter, batch, budget, self.batch_size)
+
+        if self.cache is None:
+            return generate(prompts)
+        key = base_reply_key(model, formatter, budget, precision_key, model_source=model_source)
+        return self.cache.get_or_generate(key, prompts, generate, label=label)
+
+    # ----------------------------------------------------------------------------- the adapter
+    def measure_adapter(self, model: PeftModel, formatter: ChatFormatter) -> dict[str, float]:
+        """Retention of the adapter now on `model` (see the module docstring for the keys).
+
+        `retain/acc` is the adapter's accuracy on the graded items; since only base-right items are
+        graded, it equals `retain/kept`. `retain/count` is how many items were graded."""
+        if self.base_correct is None:
+            raise RuntimeError("RetentionEvaluator.measure_adapter before measure_base (or load_state_dict): "
+                               "there are no base replies to compare with.")
+        items = [self.checkable[i] for i in self.graded]
+        base_replies = [self.base_replies[i] for i in self.graded]
+        checked = self._adapter_replies(model, formatter, [i["prompt"] for i in items], base_replies,
+                                        self.max_new_tokens)
+        accuracy = RetentionAccuracy(len(self.checkable))
+        if items:
+            accuracy.update(checked.replies, [i["answers"] for i in items], self.graded,
+                            [i["rejects"] for i in items], [i["prompt"] for i in items])
+        graded = torch.zeros_like(self.base_correct)
+        graded[torch.tensor(self.graded, dtype=torch.long)] = True
+        opened = self._adapter_replies(model, formatter, self.open_prompts, self.base_open_replies,
+                                       self.open_max_new_tokens)
+        repeat = RepeatedNgrams()
+        repeat.update(opened.replies)
+        return {
+            "retain/acc": float(accuracy.compute()["acc"]),
+            "retain/kept": float(kept_share(self.base_correct & graded, accuracy.per_item())),
+            "retain/kl": opened.kl,
+            "retain/repeat": float(repeat.compute()),
+            "retain/same": sum(a == b for a, b in zip(checked.replies, base_replies)) / len(items) if items else 1.0,
+            "retain/count": float(len(items)),
+        }
+
+    def _adapter_replies(
+        self, model: PeftModel, formatter: ChatFormatter, prompts: list[str], base: list[str], budget: int
+    ) -> AdapterReplies:
+        """The adapter's greedy replies: the base's where its argmax reproduces them, generated otherwise."""
+        reproduced: list[bool] = []
+        kl_total, kl_tokens = 0.0, 0
+        for batch in reply_batches(formatter, prompts, base, self.batch_size):
+            on_device = {name: tensor.to(model.device) for name, tensor in batch.items()}
+            rows = teacher_forced_rows(model, **on_device, budget=budget, end_of_turn_ids=formatter.end_of_turn_ids)
+            reproduced.extend(rows.reproduced.tolist())
+            kl_total, kl_tokens = kl_total + float(rows.kl.sum()), kl_tokens + int(rows.tokens.sum())
+        # Generated too: a reply whose text tokenizes to other tokens than were generated (a multi-byte
+        # character cut at the budget) is usually not the argmax path, even of the base model.
+        redo = [i for i, same in enumerate(reproduced) if not same]
+        started = time.perf_counter()
+        fresh = greedy_replies(model, formatter.tokenizer, formatter, [prompts[i] for i in redo], budget,
+                               self.batch_size) if redo else []
+        log.info("retention: %d of %d replies (budget %d tokens) reproduced by teacher forcing, %d generated in %.1f s",
+                 len(prompts) - len(redo), len(prompts), budget, len(redo), time.perf_counter() - started)
+        replies = list(base)
+        for i, reply in zip(redo, fresh):
+            replies[i] = reply
+        return AdapterReplies(replies, reproduced, kl_total / kl_tokens if kl_tokens else 0.0)
+
+    # ----------------------------------------------------------------------------- checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        """The base model's results, so a resumed run compares with the same base replies."""
+        return {
+            "item_ids": [item["id"] for item in self.checkable],
+            "open_prompts": list(self.open_prompts),
+            "base_correct": None if self.base_correct is None else self.base_correct.tolist(),
+            "base_replies": list(self.base_replies),
+            "graded": list(self.graded),
+            "base_open_replies": list(self.base_open_replies),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        ids = [item["id"] for item in self.checkable]
+        if state["item_ids"] != ids or state["open_prompts"] != self.open_prompts:
+            raise TutorTuneError(
+                "The checkpoint's retention state was measured on other retention items or open prompts than "
+                "this run's (the retention files, their eval sizes or the seed changed); resume with the "
+                "same retention settings, or start the run again to measure the base model anew."
+            )
+        correct = state["base_correct"]
+        self.base_correct = None if correct is None else torch.tensor(correct, dtype=torch.bool)
+        self.base_replies = list(state["base_replies"])
+        self.graded = list(state["graded"])
+        self.base_open_replies = list(state["base_open_replies"])
+
+
+def _seeded_subset(values: list[Any], size: int | None, seed: int) -> list[Any]:
+    """At most `size` of `values`, drawn from `seed`, in their original order."""
+    if size is None or size >= len(values):
+        return values
+    return [values[i] for i in sorted(random.Random(seed).sample(range(len(values)), size))]
