@@ -32,7 +32,8 @@ from src.data.retention import CHECKABLE_FILE, DEFAULT_DIR, OPEN_FILE, load_chec
 from src.evaluation.reply_cache import ReplyCache
 from src.evaluation.retention_eval import RetentionEvaluator
 from src.metrics.retention import is_correct
-from src.models.loading import load_base_model, load_tokenizer
+from src.models.loading import load_base_model
+from src.sources.tokenizer import load_tokenizer
 from src.models.lora import attach_lora
 
 
