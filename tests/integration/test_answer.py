@@ -72,7 +72,7 @@ def test_answers_are_validates_generations_for_the_same_items(tiny_model_dir, ti
     assert len(expected_replies) == 12
     assert {row["question"]: row["reply"] for row in rows} == expected_replies
     assert [row["expected"] for row in rows] == [s["expected"] for s in source]
-    assert set(rows[0]) == {"question", "reply", "extracted", "expected", "correct", "kind"}
+    assert set(rows[0]) == {"question", "reply", "extracted", "expected", "correct", "kind", "steps", "first_wrong_step"}
     assert sum(row["correct"] for row in rows) / len(rows) == pytest.approx(accuracy)
 
 
