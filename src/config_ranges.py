@@ -110,6 +110,8 @@ MODEL_RANGES: dict[str, Rule] = {
     "warmup_ratio": real(0, 1),
     "lr_scheduler": choice(LR_SCHEDULERS),
     "max_new_tokens": integer(1),
+    "retention_eval_size": integer(1, nullable=True),
+    "retention_base_size": integer(1, nullable=True),
     "wrong_answers_logged": integer(0),
     "seed": integer(0, SEED_MAX),
 }

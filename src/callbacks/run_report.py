@@ -61,6 +61,37 @@ def _held_out_table(
     return table
 
 
+def _retention(base: dict[str, Any], kept: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The base model's and the kept adapter's general ability (`retain/*`), or None where not measured."""
+    if "retain/acc" not in base and not (kept and "retain/kept" in kept):
+        return None
+    kept = kept or {}
+    return {"base_acc": base.get("retain/acc"), "base_count": base.get("retain/count"),
+            "base_repeat": base.get("retain/repeat"), "kept": kept.get("retain/kept"),
+            "graded": kept.get("retain/count"), "kl": kept.get("retain/kl"), "repeat": kept.get("retain/repeat")}
+
+
+def _retention_lines(retention: dict[str, Any] | None, passed_over: dict[str, Any] | None) -> list[str]:
+    """What the tutor lost: the base's right general answers the kept adapter still gives, KL and repetition."""
+    if retention is None:
+        return []
+    r = retention
+    base = (f"base answers {_pct(r['base_acc'])} of {int(r['base_count'])} right" if r["base_acc"] is not None
+            else "base not measured")
+    kept = "n/a" if r["kept"] is None else f"{r['kept']:.1%} of {int(r['graded'] or 0)} base-right answers"
+    kl = "n/a" if r["kl"] is None else f"{r['kl']:.3f} nats/token"
+    repeat = "n/a" if r["repeat"] is None else f"{r['repeat']:.1%} (base {_pct(r['base_repeat'])})"
+    lines = [f"General ability (retention set, never trained on): {base}; the kept adapter keeps {kept}",
+             f"  KL(base || adapter) on open prompts {kl}; repeated 4-grams in open replies {repeat}"]
+    if passed_over:
+        lines.append(
+            f"  Passed over for retention: the adapter of step {passed_over['step']} scored higher on math "
+            f"({passed_over['score']:.1%}) but kept only {passed_over['retention']:.1%} of the base's general "
+            f"answers (floor {passed_over['floor']:.0%})."
+        )
+    return lines
+
+
 def _step_error_rates(metrics: dict[str, Any], name: str) -> dict[str, float]:
     """`{step type: share of its steps written wrong}` of one held-out set, from `<set>/steps/<type>/error_rate`."""
     prefix, suffix = f"{name}/steps/", "/error_rate"
@@ -145,7 +176,7 @@ class RunReport(Callback):
         if trainer.sanity_checking:
             return
         sets = pl_module.math_sets if isinstance(pl_module, ReportedTutor) else []
-        prefixes = tuple(f"{name}/" for name in {"val", *sets})
+        prefixes = tuple(f"{name}/" for name in {"val", "retain", *sets})
         values = {k: _scalar(v) for k, v in trainer.callback_metrics.items() if k.startswith(prefixes)}
         if values:
             self.history.append(self._record(trainer, "val", values))
@@ -224,6 +255,11 @@ class RunReport(Callback):
             "best_math_acc_step": best_step,
             "beat_base": best > base if best is not None and base is not None else None,
             "best_adapter_path": str(checkpoint.best_path) if checkpoint and checkpoint.best_path else None,
+            "retention": _retention(base_metrics, kept_record),
+            "passed_over_for_retention": (
+                {**checkpoint.best_passed_over, "floor": checkpoint.retention_floor}
+                if checkpoint is not None and checkpoint.best_passed_over else None
+            ),
             "last_adapter_path": str(checkpoint.last_path) if checkpoint and checkpoint.last_path else None,
         }
 
@@ -323,6 +359,7 @@ class RunReport(Callback):
             )
         lines.extend(_held_out_lines(s.get("held_out") or {}))
         lines.extend(_step_lines(s.get("held_out") or {}))
+        lines.extend(_retention_lines(s.get("retention"), s.get("passed_over_for_retention")))
         lines.append(f"Best adapter: {s['best_adapter_path'] or 'not saved (no AdapterCheckpoint)'}")
         lines.append(f"Report files: {self.dirpath}")
         lines.append(f"TensorBoard: tensorboard --logdir {save_dir}")

@@ -22,13 +22,14 @@ import logging
 import random
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
 from peft import PeftModel
 
 from src.data.chat_format import ChatFormatter
-from src.data.retention import CheckableItem
+from src.data.retention import CHECKABLE_FILE, OPEN_FILE, CheckableItem, load_checkable, load_open
 from src.errors import TutorTuneError
 from src.evaluation.kl import reply_batches, teacher_forced_rows
 from src.evaluation.reply_cache import ReplyCache, base_reply_key, greedy_replies
@@ -84,6 +85,17 @@ class RetentionEvaluator:
         self.graded: list[int] = []
         """Indices of the items graded at validation (base-right, at most `eval_size`)."""
         self.base_open_replies: list[str] = []
+
+    @classmethod
+    def from_folder(
+        cls, folder: str | Path, eval_size: int | None, seed: int, base_size: int | None = None, **kwargs: Any
+    ) -> "RetentionEvaluator":
+        """The evaluator over a retention folder's `checkable.jsonl` and `open.jsonl`, base replies cached;
+        `base_size` puts only a seeded subset of the checkable items to the base model (None: all)."""
+        folder = Path(folder)
+        checkable = _seeded_subset(load_checkable(folder / CHECKABLE_FILE), base_size, seed)
+        open_prompts = [item["prompt"] for item in load_open(folder / OPEN_FILE)]
+        return cls(checkable, open_prompts, eval_size=eval_size, seed=seed, cache=ReplyCache(), **kwargs)
 
     # ----------------------------------------------------------------------------- the base model
     def measure_base(

@@ -20,6 +20,7 @@ from src.data.conversation import Message
 from src.errors import TutorTuneError
 from src.evaluation.answers import batch_replies, conversation_replies
 from src.evaluation.math_evaluator import LOSS_LOADER, MathEvaluator, evaluate_base, warn_if_replies_are_cut
+from src.evaluation.retention_eval import RetentionEvaluator
 from src.models.builder import build_tutor_model, check_sources
 from src.models.loss import causal_lm_loss
 from src.models.optimizers import OptimizerName, build_optimizer_and_schedule
@@ -63,6 +64,10 @@ class TutorModule(L.LightningModule):
         warmup_ratio: share of the optimizer steps spent warming up linearly.
         lr_scheduler: transformers scheduler name after warmup ("cosine", "linear", "constant_with_warmup").
         max_new_tokens: generation budget for each math answer.
+        retention_dir: folder of the retention set (`checkable.jsonl`, `open.jsonl`): what the adapter keeps of the
+            base model's general answers, measured beside math (`retain/*`); None: not measured.
+        retention_eval_size: base-right checkable items graded at each validation (a seeded subset); None: all.
+        retention_base_size: checkable items put to the base model (a seeded subset); None: all.
         evaluate_base: measure the untouched base model on the math items before training.
         wrong_answers_logged: how many wrong answers each validation shows in TensorBoard.
         system_prompt: linked from `data.system_prompt`.
@@ -80,8 +85,10 @@ class TutorModule(L.LightningModule):
         attn_implementation: str | None = None, compile: bool = False, quantization: Quantization | None = None,
         optimizer: OptimizerName = "adamw", learning_rate: float = 2e-4, loraplus_lr_ratio: float | None = None,
         weight_decay: float = 0.0, warmup_ratio: float = 0.05, lr_scheduler: str = "cosine", max_new_tokens: int = 32,
-        evaluate_base: bool = True, wrong_answers_logged: int = 5, system_prompt: str | None = None,
-        chat_template: str | None = None, seed: int = 0, packing: bool = False,
+        retention_dir: str | None = None, retention_eval_size: int | None = 64,
+        retention_base_size: int | None = None, evaluate_base: bool = True,
+        wrong_answers_logged: int = 5, system_prompt: str | None = None, chat_template: str | None = None,
+        seed: int = 0, packing: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -89,6 +96,10 @@ class TutorModule(L.LightningModule):
         self.strict_loading = False  # checkpoints hold only the trainable LoRA weights (see on_save_checkpoint)
         self.model = self.tokenizer = self.formatter = None
         self.evaluator = MathEvaluator(wrong_answers_logged)
+        self.retention = (
+            RetentionEvaluator.from_folder(retention_dir, retention_eval_size, seed, retention_base_size)
+            if retention_dir else None
+        )
         self.val_loss = MeanMetric()
         self.base_math_metrics: dict[str, float] | None = None
         self.divergence_handlers: list[DivergenceHandler] = []
@@ -126,6 +137,8 @@ class TutorModule(L.LightningModule):
     def on_train_start(self) -> None:
         if self.hparams.evaluate_base and self.global_step == 0 and self.base_math_metrics is None:
             self.base_math_metrics = self.evaluate_base_model()
+            if self.retention is not None:
+                self.base_math_metrics = (self.base_math_metrics or {}) | self._measure_base_retention()
 
     def evaluate_base_model(self) -> dict[str, float] | None:
         """The untouched base model's math accuracy on every held-out set (None without held-out sets)."""
@@ -179,6 +192,21 @@ class TutorModule(L.LightningModule):
             "and keep trainer.gradient_clip_val set. Adapters saved before this step were not touched."
         )
 
+    def _measure_base_retention(self) -> dict[str, float]:
+        """The base model's general answers (from the reply cache after the first run), logged at step 0."""
+        source = None if self.hparams.random_init else self.hparams.model_name
+        with self.trainer.precision_plugin.forward_context():
+            metrics = self.retention.measure_base(self.model, self.formatter, str(self.trainer.precision), source)
+        for logger in self.loggers:
+            logger.log_metrics({f"base/{key}": value for key, value in metrics.items()}, step=0)
+        return metrics
+
+    def _log_retention(self) -> None:
+        if self.retention.base_correct is None:  # validate/test: no training run measured the base model
+            self._measure_base_retention()
+        with torch.no_grad(), self.trainer.precision_plugin.forward_context():
+            self.log_dict(self.retention.measure_adapter(self.model, self.formatter), sync_dist=True)
+
     # --------------------------------------------------------------------------------- evaluation
     def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
         if dataloader_idx == LOSS_LOADER:
@@ -195,6 +223,8 @@ class TutorModule(L.LightningModule):
             self.val_loss.reset()
         for name in self.evaluator.graded_sets():
             self.log_dict(self.evaluator.compute(name), prog_bar=False, sync_dist=True)
+        if self.retention is not None and not self.trainer.sanity_checking:
+            self._log_retention()
         self.evaluator.log_wrong_answers(self.logger, self.global_step)
 
     def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
@@ -222,12 +252,15 @@ class TutorModule(L.LightningModule):
         trainable = {name for name, p in self.named_parameters() if p.requires_grad}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
         checkpoint["base_math_metrics"] = self.base_math_metrics
+        checkpoint["retention"] = self.retention.state_dict() if self.retention is not None else None
         checkpoint["train_progress"] = {
             "tokens": self.train_tokens_seen, "examples": self.train_examples_seen, "seconds": self.train_seconds
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.base_math_metrics = checkpoint.get("base_math_metrics")
+        if self.retention is not None and checkpoint.get("retention"):
+            self.retention.load_state_dict(checkpoint["retention"])
         progress = checkpoint.get("train_progress", {})
         self.train_tokens_seen = progress.get("tokens", 0)
         self.train_examples_seen = progress.get("examples", 0)

@@ -15,7 +15,7 @@ from src.training.tutor_module import TutorModule
 
 # Settings that are paths, names, free text, flags or mappings: no range to check.
 MODEL_FREE = {"model_name", "gguf_file", "tokenizer_name", "random_init", "architecture", "architecture_overrides",
-              "adapter_path", "target_modules", "use_rslora", "use_dora", "gradient_checkpointing", "compile", "evaluate_base",
+              "adapter_path", "target_modules", "use_rslora", "use_dora", "retention_dir", "gradient_checkpointing", "compile", "evaluate_base",
               "system_prompt", "chat_template", "packing"}
 DATA_FREE = {"train_file", "val_file", "system_prompt", "chat_template", "packing", "extra_math_files",
              "grade_from_answers", "cache_dir", "model_name", "gguf_file", "tokenizer_name"}
@@ -36,6 +36,8 @@ MODEL_CASES = {
     "warmup_ratio": ([0.0, 0.1], [1.0, -0.5]),
     "lr_scheduler": (["cosine", "linear", "constant"], ["cosine_annealing", "reduce_lr_on_plateau"]),
     "max_new_tokens": ([1, 64], [0, -1]),
+    "retention_eval_size": ([None, 1, 64], [0, -1]),
+    "retention_base_size": ([None, 8], [0]),
     "wrong_answers_logged": ([0, 5], [-1]),
     "seed": ([0, 2**32 - 1], [-1, 2**32]),
 }
