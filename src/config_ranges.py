@@ -125,6 +125,7 @@ DATA_RANGES: dict[str, Rule] = {
     "order": choice(("length_grouped", "shuffle", "sequential")),
     "math_eval_size": integer(0, nullable=True),  # 0 answers no questions (loss only)
     "loss_eval_size": integer(1, nullable=True),
+    "replay_ratio": real(0, 10, high_open=False),
     "num_workers": integer(0),
 }
 # The project's callbacks, by class path: their init arguments as `trainer.callbacks[i].init_args.<name>`.

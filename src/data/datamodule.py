@@ -27,6 +27,8 @@ from src.data.chat_format import IGNORE_INDEX, ChatFormatter
 from src.data.collate import PromptCollator, TrainCollator, packing_collator
 from src.data.conversation import Record
 from src.data.formats import load_records
+from src.data.replay import mix_replay, replay_records
+from src.data.retention import load_open
 from src.data.grading import graded_records, grading_summary
 from src.data.resumable import ResumableBatchSampler
 from src.data.samplers import LengthGroupedBatchSampler
@@ -66,6 +68,10 @@ class TutorDataModule(L.LightningDataModule):
         grade_from_answers: grade rows without an `expected` value by the number their reference answer
             states unambiguously (a bare number, "Respuesta: N", "Answer: N", "#### N", "la respuesta
             es N", "the answer is N"); false grades only rows with `expected`.
+        replay_ratio: replay rows per training row (0.1 adds one for every ten): the base model's own greedy
+            replies to `replay_file`'s general prompts, generated once before training and cached, so the loss
+            on them teaches the adapter to leave general behaviour alone. 0: no replay.
+        replay_file: general prompts for replay, apart from the retention set's evaluation prompts.
         loss_eval_size: how many validation examples the validation loss is computed on (a fixed
             seeded subset); None for all of them.
         num_workers: DataLoader workers.
@@ -92,6 +98,8 @@ class TutorDataModule(L.LightningDataModule):
         math_eval_size: int | None = None,
         extra_math_files: dict[str, str] | None = None,
         grade_from_answers: bool = True,
+        replay_ratio: float = 0.0,
+        replay_file: str = "data/retention/replay_prompts.jsonl",
         loss_eval_size: int | None = None,
         num_workers: int = 0,
         cache_dir: str | None = None,
@@ -109,6 +117,8 @@ class TutorDataModule(L.LightningDataModule):
         self.extra_math_items: dict[str, list[dict[str, Any]]] = {}
         self.statistics: dict[str, Any] = {}
         self._resume_position: dict[str, int] | None = None  # from a checkpoint, for the next training loader
+        self._train_records: list[Record] = []
+        self.replay_rows = 0
         _check_prefixes(extra_math_files or {})
 
     @property
@@ -153,6 +163,7 @@ class TutorDataModule(L.LightningDataModule):
         self.tokenizer = load_tokenizer(hp.model_name, hp.gguf_file, hp.tokenizer_name)
         self.formatter = ChatFormatter(self.tokenizer, hp.system_prompt, hp.chat_template)
         train_records, val_records = self._read_splits(stage)
+        self._train_records = train_records
         train = self._tokenize(train_records, "train") if train_records else None
         val = self._tokenize(val_records, "val")
         # Statistics describe the data as given, before answerless truncated examples are skipped.
@@ -164,6 +175,24 @@ class TutorDataModule(L.LightningDataModule):
             name: self._math_items(load_records(path, hp.format), self._math_source(name))
             for name, path in (hp.extra_math_files or {}).items()
         }
+
+    @property
+    def replay_prompts(self) -> list[str]:
+        """The prompts whose base-model replies `add_replay` expects; empty without replay."""
+        if self.hparams.replay_ratio == 0:
+            return []
+        return [item["prompt"] for item in load_open(self.hparams.replay_file)]
+
+    def add_replay(self, replies: list[str]) -> None:
+        """Mix the base model's `replies` to `replay_prompts` into the training set (seeded by `split_seed`).
+
+        Called by the module once the model exists, before the first training loader is made."""
+        replay = replay_records(self.replay_prompts, replies)
+        mixed = mix_replay(self._train_records, replay, self.hparams.replay_ratio, self.hparams.split_seed)
+        self.replay_rows = len(mixed) - len(self._train_records)
+        self.train_dataset = self._without_answerless(self._tokenize(mixed, "train"), "train")
+        rank_zero_info(f"Replay: {self.replay_rows} rows of the base model's own replies to "
+                       f"{len(replay)} general prompts mixed into {len(self._train_records)} training rows.")
 
     def _read_splits(self, stage: str) -> tuple[list[Record], list[Record]]:
         hp = self.hparams

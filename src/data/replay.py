@@ -15,6 +15,9 @@ from collections.abc import Sequence
 from src.data.conversation import Record, make_record
 from src.errors import ConfigurationError
 
+REPLAY_MAX_NEW_TOKENS = 64
+"""Length of the base model's replay replies: a few sentences, as long as a worked math answer."""
+
 REPLAY_KIND = "replay"
 """The `kind` of replay records (their `expected` is None: they are never graded as math)."""
 

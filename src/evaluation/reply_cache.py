@@ -19,11 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from peft import PeftModel
 from transformers import PreTrainedTokenizerBase
 
 from src.data.chat_format import ChatFormatter
 from src.errors import TutorTuneError
 from src.evaluation.answers import conversation_replies
+from src.models.lora import base_model_outputs
 from src.sources.offline_default import cache_root
 
 log = logging.getLogger(__name__)
@@ -131,3 +133,18 @@ def greedy_replies(
     """Greedy replies to single-turn user prompts, formatted as training formats them."""
     conversations = [[{"role": "user", "content": p}] for p in prompts]
     return conversation_replies(model, tokenizer, formatter, conversations, max_new_tokens, batch_size)
+
+
+def cached_base_replies(
+    model: PeftModel, formatter: ChatFormatter, prompts: Sequence[str], max_new_tokens: int, precision: str,
+    model_source: str | None, label: str, batch_size: int = 32, cache: ReplyCache | None = None,
+) -> list[str]:
+    """The base model's (adapter off) greedy replies to `prompts`, from the reply cache when a run made them."""
+    cache = cache or ReplyCache()
+
+    def generate(batch: list[str]) -> list[str]:
+        with base_model_outputs(model):
+            return greedy_replies(model, formatter.tokenizer, formatter, batch, max_new_tokens, batch_size)
+
+    key = base_reply_key(model, formatter, max_new_tokens, precision, model_source=model_source)
+    return cache.get_or_generate(key, prompts, generate, label=label)

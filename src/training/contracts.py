@@ -37,3 +37,12 @@ class ReportedTutor(Protocol):
     model: torch.nn.Module | None
 
     def generate_replies(self, conversations: list[list[Message]], batch_size: int = 16) -> list[str]: ...
+
+
+@runtime_checkable
+class AcceptsReplay(Protocol):
+    """A data module that mixes the base model's own replies to its `replay_prompts` into training."""
+
+    replay_prompts: list[str]
+
+    def add_replay(self, replies: list[str]) -> None: ...

@@ -17,9 +17,11 @@ from torchmetrics import MeanMetric
 
 from src.data.collate import count_tokens_and_examples
 from src.data.conversation import Message
+from src.data.replay import REPLAY_MAX_NEW_TOKENS
 from src.errors import TutorTuneError
 from src.evaluation.answers import batch_replies, conversation_replies
 from src.evaluation.math_evaluator import LOSS_LOADER, MathEvaluator, evaluate_base, warn_if_replies_are_cut
+from src.evaluation.reply_cache import cached_base_replies
 from src.evaluation.retention_eval import RetentionEvaluator
 from src.models.builder import build_tutor_model, check_sources
 from src.models.loss import causal_lm_loss
@@ -27,7 +29,7 @@ from src.models.optimizers import OptimizerName, build_optimizer_and_schedule
 from src.models.precision import weight_dtype
 from src.models.quantization import Quantization
 from src.sources.offline_default import OFFLINE_DEFAULT
-from src.training.contracts import DivergenceHandler
+from src.training.contracts import AcceptsReplay, DivergenceHandler
 
 
 class NonFiniteTrainingError(TutorTuneError, RuntimeError):
@@ -134,6 +136,16 @@ class TutorModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ----------------------------------------------------------------------------------- training
+    def on_fit_start(self) -> None:
+        # After configure_model, before the first training loader: replay needs the base model's replies.
+        datamodule = self.trainer.datamodule
+        if isinstance(datamodule, AcceptsReplay) and datamodule.replay_prompts:
+            source = None if self.hparams.random_init else self.hparams.model_name
+            with self.trainer.precision_plugin.forward_context():
+                replies = cached_base_replies(self.model, self.formatter, datamodule.replay_prompts,
+                                              REPLAY_MAX_NEW_TOKENS, str(self.trainer.precision), source, "replay")
+            datamodule.add_replay(replies)
+
     def on_train_start(self) -> None:
         if self.hparams.evaluate_base and self.global_step == 0 and self.base_math_metrics is None:
             self.base_math_metrics = self.evaluate_base_model()

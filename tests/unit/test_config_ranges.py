@@ -17,7 +17,7 @@ from src.training.tutor_module import TutorModule
 MODEL_FREE = {"model_name", "gguf_file", "tokenizer_name", "random_init", "architecture", "architecture_overrides",
               "adapter_path", "target_modules", "use_rslora", "use_dora", "retention_dir", "gradient_checkpointing", "compile", "evaluate_base",
               "system_prompt", "chat_template", "packing"}
-DATA_FREE = {"train_file", "val_file", "system_prompt", "chat_template", "packing", "extra_math_files",
+DATA_FREE = {"train_file", "val_file", "replay_file", "system_prompt", "chat_template", "packing", "extra_math_files",
              "grade_from_answers", "cache_dir", "model_name", "gguf_file", "tokenizer_name"}
 
 # key: (accepted values, refused values)
@@ -51,6 +51,7 @@ DATA_CASES = {
     "order": (["shuffle"], ["random"]),
     "math_eval_size": ([None, 0, 400], [-1]),
     "loss_eval_size": ([None, 1], [0]),
+    "replay_ratio": ([0.0, 0.1, 10], [-0.1, 11]),
     "num_workers": ([0, 2], [-1]),
 }
 CALLBACK_CASES = {

@@ -1,0 +1,52 @@
+"""Replay: before the first step the base model answers the replay prompts (once: the reply cache serves
+the next run), and the data module mixes those replies into training at the configured ratio."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from src.data.replay import REPLAY_KIND
+from src.sources.offline_default import cache_root
+from test_tutor_module import make_datamodule, make_module, make_trainer
+
+PROMPTS = ["Describe a river.", "Name three fruits.", "Explain what rain is.", "List two colours."]
+
+
+def replay_datamodule(model_dir: Path, folder: Path, ratio: float):
+    prompts = folder / "replay_prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"id": f"r{i}", "lang": "en", "kind": "describe", "prompt": p}) + "\n"
+                               for i, p in enumerate(PROMPTS)), encoding="utf-8")
+    data = make_datamodule(model_dir, folder)
+    data.hparams.replay_ratio, data.hparams.replay_file = ratio, str(prompts)
+    return data
+
+
+def cached_reply_files() -> set[Path]:
+    return set((cache_root() / "replies").glob("*.json"))
+
+
+def test_replay_rows_are_the_base_models_replies_mixed_in_at_the_ratio(tiny_model_dir: Path, tmp_path: Path) -> None:
+    before = cached_reply_files()
+    data = replay_datamodule(tiny_model_dir, tmp_path, ratio=0.5)
+    make_trainer(tmp_path, 1).fit(make_module(tiny_model_dir), datamodule=data)
+    task_rows = len(data._train_records)
+    assert data.replay_rows == round(task_rows * 0.5)
+    assert len(data.train_dataset) == task_rows + data.replay_rows
+    (stored,) = cached_reply_files() - before  # generated once and stored
+    replies = json.loads(stored.read_text(encoding="utf-8"))
+    assert replies["prompts"] == PROMPTS and len(replies["replies"]) == len(PROMPTS)
+
+    # The same base model again: the cache answers, nothing new is stored.
+    (tmp_path / "again").mkdir()
+    again = replay_datamodule(tiny_model_dir, tmp_path / "again", ratio=0.5)
+    make_trainer(tmp_path / "again", 1).fit(make_module(tiny_model_dir), datamodule=again)
+    assert cached_reply_files() - before == {stored}
+    assert again.replay_rows == data.replay_rows
+
+
+def test_no_replay_leaves_the_training_set_alone(tiny_model_dir: Path, tmp_path: Path) -> None:
+    data = replay_datamodule(tiny_model_dir, tmp_path, ratio=0.0)
+    make_trainer(tmp_path, 1).fit(make_module(tiny_model_dir), datamodule=data)
+    assert data.replay_rows == 0 and len(data.train_dataset) == len(data._train_records)
+    assert REPLAY_KIND not in {r["kind"] for r in data._train_records}
