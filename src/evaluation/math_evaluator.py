@@ -7,6 +7,7 @@ same loaders before training, so base and tuned numbers come from the same quest
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
@@ -17,6 +18,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from peft import PeftModel
 
 from src.evaluation.progress_lines import generation_progress
+from src.evaluation.reply_cache import ReplyCache
 from src.metrics.math_accuracy import MathAccuracy, graded_results
 from src.metrics.step_checker import StepErrors
 from src.models.lora import base_model_outputs
@@ -94,19 +96,28 @@ def evaluate_base(
     answer: Callable[[dict[str, Any]], list[str]],
     precision_context: AbstractContextManager[Any],
     loggers: Sequence[Logger],
+    cache: ReplyCache | None = None,
+    cache_key: dict[str, Any] | None = None,
 ) -> dict[str, float]:
     """Math accuracy of the base model on every held-out set's loader, logged at step 0 (`base/math_acc`
     for the validation set, `base/<prefix>/math_acc` for the others, and the plain keys at step 0).
 
-    `precision_context` is the trainer's autocast, as in validation: base and tuned answers computed alike."""
+    `precision_context` is the trainer's autocast, as in validation: base and tuned answers computed alike.
+    With a `cache`, the answers are stored under `cache_key` plus the exact prompt batches (token ids and
+    padding), so a second run of the same config grades the stored answers instead of generating them."""
     metrics: dict[str, float] = {}
     was_training = model.training
     model.eval()
     try:
         with base_model_outputs(model), precision_context:
             for name, loader in loaders.items():
-                for batch in generation_progress(loader, f"Base model ({name})"):
-                    evaluator.grade(name, batch, answer(batch))
+                batches = list(loader)
+                replies = _base_answers(name, batches, answer, cache, cache_key)
+                offset = 0
+                for batch in batches:
+                    count = len(batch["question"])
+                    evaluator.grade(name, batch, replies[offset : offset + count])
+                    offset += count
                 metrics |= evaluator.compute(name)
     finally:
         model.train(was_training)
@@ -118,6 +129,37 @@ def evaluate_base(
         key = f"{name}/math_acc"
         rank_zero_info(f"Base model math accuracy ({name}): {metrics[key]:.1%} on {int(metrics[key + '_count'])} items")
     return metrics
+
+
+def _base_answers(
+    name: str, batches: list[dict[str, Any]], answer: Callable[[dict[str, Any]], list[str]],
+    cache: ReplyCache | None, cache_key: dict[str, Any] | None,
+) -> list[str]:
+    questions = [question for batch in batches for question in batch["question"]]
+    label = f"Base model ({name})"
+
+    def generate(_: list[str]) -> list[str]:
+        return [reply for batch in generation_progress(batches, label, len(questions)) for reply in answer(batch)]
+
+    if cache is None or cache_key is None:
+        return generate(questions)
+    key = {**cache_key, "set": name, "batches": _batches_digest(batches)}
+    path = cache.path_for(key, questions)
+    if path.is_file():
+        rank_zero_info(f"{label}: {len(questions)} answers from the cache of an earlier run with the same model, "
+                       f"questions, prompt format, budget and precision ({path})")
+    return cache.get_or_generate(key, questions, generate, label=f"base math ({name})")
+
+
+def _batches_digest(batches: list[dict[str, Any]]) -> str:
+    """The prompts' token ids and padding, batch by batch: batching changes a padded row's numerics."""
+    digest = hashlib.sha256()
+    for batch in batches:
+        for key in ("input_ids", "attention_mask"):
+            tensor = batch[key].detach().cpu().contiguous()
+            digest.update(f"{key}{tuple(tensor.shape)}".encode())
+            digest.update(tensor.numpy().tobytes())
+    return digest.hexdigest()
 
 
 def warn_if_replies_are_cut(budget: int, longest: Mapping[str, Any] | None) -> None:

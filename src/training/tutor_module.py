@@ -21,7 +21,7 @@ from src.data.replay import REPLAY_MAX_NEW_TOKENS
 from src.errors import TutorTuneError
 from src.evaluation.answers import batch_replies, conversation_replies
 from src.evaluation.math_evaluator import LOSS_LOADER, MathEvaluator, evaluate_base, warn_if_replies_are_cut
-from src.evaluation.reply_cache import cached_base_replies
+from src.evaluation.reply_cache import ReplyCache, base_reply_key, cached_base_replies
 from src.evaluation.retention_eval import RetentionEvaluator
 from src.models.builder import build_tutor_model, check_sources
 from src.models.loss import causal_lm_loss
@@ -140,10 +140,9 @@ class TutorModule(L.LightningModule):
         # After configure_model, before the first training loader: replay needs the base model's replies.
         datamodule = self.trainer.datamodule
         if isinstance(datamodule, AcceptsReplay) and datamodule.replay_prompts:
-            source = None if self.hparams.random_init else self.hparams.model_name
             with self.trainer.precision_plugin.forward_context():
                 replies = cached_base_replies(self.model, self.formatter, datamodule.replay_prompts,
-                                              REPLAY_MAX_NEW_TOKENS, str(self.trainer.precision), source, "replay")
+                                              REPLAY_MAX_NEW_TOKENS, str(self.trainer.precision), None, "replay")
             datamodule.add_replay(replies)
 
     def on_train_start(self) -> None:
@@ -159,7 +158,11 @@ class TutorModule(L.LightningModule):
         if not loaders:
             return None
         context = self.trainer.precision_plugin.forward_context()
-        return evaluate_base(self.evaluator, self.model, loaders, self.answer_batch, context, self.loggers)
+        hp, precision = self.hparams, str(self.trainer.precision)
+        # The base weights are named by a fingerprint of their values, so a changed local model never hits.
+        key = base_reply_key(self.model, self.formatter, hp.max_new_tokens, precision)
+        return evaluate_base(self.evaluator, self.model, loaders, self.answer_batch, context, self.loggers,
+                             ReplyCache(), key)
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         self._batch_started = time.perf_counter()
@@ -206,9 +209,8 @@ class TutorModule(L.LightningModule):
 
     def _measure_base_retention(self) -> dict[str, float]:
         """The base model's general answers (from the reply cache after the first run), logged at step 0."""
-        source = None if self.hparams.random_init else self.hparams.model_name
         with self.trainer.precision_plugin.forward_context():
-            metrics = self.retention.measure_base(self.model, self.formatter, str(self.trainer.precision), source)
+            metrics = self.retention.measure_base(self.model, self.formatter, str(self.trainer.precision))
         for logger in self.loggers:
             logger.log_metrics({f"base/{key}": value for key, value in metrics.items()}, step=0)
         return metrics
