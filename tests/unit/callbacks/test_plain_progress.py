@@ -46,7 +46,7 @@ def test_a_tiny_fit_off_a_terminal_prints_followable_lines(
     tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture, caplog: pytest.LogCaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "models"))  # the TutorModule tests' builders
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "training"))  # the TutorModule tests' builders
     from test_tutor_module import make_datamodule, make_module
 
     L.seed_everything(0)

@@ -31,6 +31,7 @@ def base_run(model_dir: Path, folder: Path, monkeypatch: pytest.MonkeyPatch, **m
 
 def test_the_second_run_reuses_the_base_answers_and_any_change_recomputes(tiny_model_dir: Path, tmp_path: Path,
                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TUTOR_TUNE_CACHE", str(tmp_path / "cache"))  # no answers from other tests
     first, generated = base_run(tiny_model_dir, tmp_path, monkeypatch)
     assert generated > 0
     second, generated = base_run(tiny_model_dir, tmp_path, monkeypatch)
