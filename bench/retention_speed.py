@@ -66,8 +66,10 @@ def base_right_at_budgets(evaluator: RetentionEvaluator, formatter: ChatFormatte
     a shorter budget are the first tokens of a longer one's)."""
     tokenizer, counts = formatter.tokenizer, {}
     for budget in budgets:
-        cut = [tokenizer.decode(tokenizer(r, add_special_tokens=False)["input_ids"][:budget]) for r in evaluator.base_replies]
-        counts[budget] = sum(is_correct(r, i["answers"], i["rejects"], i["prompt"]) for r, i in zip(cut, evaluator.checkable))
+        cut = [tokenizer.decode(tokenizer(r, add_special_tokens=False)["input_ids"][:budget])
+               for r in evaluator.base_replies]
+        counts[budget] = sum(is_correct(r, i["answers"], i["rejects"], i["prompt"])
+                             for r, i in zip(cut, evaluator.checkable))
     return counts
 
 
@@ -78,6 +80,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--max_new_tokens", type=int, default=24)
     parser.add_argument("--open_max_new_tokens", type=int, default=48)
     parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--checkable_size", type=int, help="checkable items the base model answers (default: all)")
     parser.add_argument("--eval_size", type=int, help="base-right items graded per validation (default: all)")
     parser.add_argument("--open_eval_size", type=int, help="open prompts per validation (default: all)")
     parser.add_argument("--train_steps", type=int, default=20)
@@ -99,8 +102,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     checkable = load_checkable(f"{options.retention_dir}/{CHECKABLE_FILE}")
     open_prompts = [item["prompt"] for item in load_open(f"{options.retention_dir}/{OPEN_FILE}")]
     settings = dict(max_new_tokens=options.max_new_tokens, open_max_new_tokens=options.open_max_new_tokens,
-                    batch_size=options.batch_size, eval_size=options.eval_size, open_eval_size=options.open_eval_size)
-    print(f"device: {device_description(model.device)}, {torch.get_num_threads()} threads; {len(checkable)} checkable "
+                    batch_size=options.batch_size, checkable_size=options.checkable_size, eval_size=options.eval_size,
+                    open_eval_size=options.open_eval_size)
+    print(f"device: {device_description(model.device)}; {len(checkable)} checkable "
           f"items, {len(open_prompts)} open prompts; {settings}", flush=True)
 
     result: dict[str, Any] = {"device": device_description(model.device), "settings": settings, "seconds": {}}
@@ -114,9 +118,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result["graded"] = len(evaluator.graded)
     budgets = [int(b) for b in options.budgets.split(",") if b]
     result["base_right_at_budget"] = base_right_at_budgets(evaluator, formatter, budgets)
+    right = round(result["base"]["retain/acc"] * len(evaluator.checkable))
     print(f"graded per validation: {len(evaluator.graded)}; base right with replies cut to "
-          f"{result['base_right_at_budget']} tokens (of {int(result['base']['retain/acc'] * len(checkable))} at "
-          f"{options.max_new_tokens})", flush=True)
+          f"{result['base_right_at_budget']} tokens (of {right} at {options.max_new_tokens})", flush=True)
 
     result["untouched"], result["seconds"]["untouched"] = timed("adapter untouched", evaluator.measure_adapter,
                                                                 model, formatter)

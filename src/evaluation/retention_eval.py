@@ -1,9 +1,10 @@
 """What the adapter lost of the base model's general ability, measured cheaply enough for every validation.
 
-The base model is measured once (its replies come from the reply cache when a previous run made them):
-it answers every checkable item and every open prompt. At each validation the adapter is graded only
-on items the base model answered right (it cannot keep what the base never had), or on a fixed,
-seeded subset of them (`eval_size`), and on the base model's open replies:
+The base model is measured once (its replies come from the reply cache when a previous run made
+them): it answers every checkable item (or a seeded `checkable_size` of them) and every open prompt.
+At each validation the adapter is graded only on items the base model answered right (it cannot keep
+what the base never had), or on a fixed, seeded subset of them (`eval_size`), and on the base
+model's open replies:
 
 - `retain/kept`: share of those items the adapter still answers right;
 - `retain/kl`: mean per-token KL(base || adapter) on the base's open replies, teacher-forced;
@@ -42,7 +43,7 @@ log = logging.getLogger(__name__)
 class AdapterReplies(NamedTuple):
     replies: list[str]
     reproduced: list[bool]  # the teacher-forced pass showed greedy decoding gives the base's reply: not generated
-    kl: float  # mean per-token KL(base || adapter) over the base replies, in nats
+    kl: float  # mean per-token KL(base || adapter) over the base replies, in nats (0 when not measured)
 
 
 class RetentionEvaluator:
@@ -54,6 +55,8 @@ class RetentionEvaluator:
         max_new_tokens: reply budget for checkable items; the answers are a word or a number.
         open_max_new_tokens: reply budget for open prompts.
         batch_size: rows per generation and per teacher-forced batch.
+        checkable_size: at most this many checkable items answered by the base model (a seeded
+            subset), for a first run with no cached base replies; None answers all of them.
         eval_size: at most this many base-right items graded at each validation, a subset drawn
             once from `seed`; None grades all of them.
         open_eval_size: at most this many open prompts (a seeded subset); None uses all.
@@ -68,6 +71,7 @@ class RetentionEvaluator:
         max_new_tokens: int = 24,
         open_max_new_tokens: int = 48,
         batch_size: int = 32,
+        checkable_size: int | None = None,
         eval_size: int | None = None,
         open_eval_size: int | None = None,
         seed: int = 0,
@@ -75,7 +79,7 @@ class RetentionEvaluator:
     ) -> None:
         if not checkable or not open_prompts:
             raise ValueError("RetentionEvaluator needs at least one checkable item and one open prompt.")
-        self.checkable = list(checkable)
+        self.checkable = _seeded_subset(list(checkable), checkable_size, seed)
         self.max_new_tokens, self.open_max_new_tokens = max_new_tokens, open_max_new_tokens
         self.batch_size, self.eval_size, self.seed, self.cache = batch_size, eval_size, seed, cache
         self.open_prompts = _seeded_subset(list(open_prompts), open_eval_size, seed)
@@ -144,7 +148,7 @@ class RetentionEvaluator:
         items = [self.checkable[i] for i in self.graded]
         base_replies = [self.base_replies[i] for i in self.graded]
         checked = self._adapter_replies(model, formatter, [i["prompt"] for i in items], base_replies,
-                                        self.max_new_tokens)
+                                        self.max_new_tokens, with_kl=False)
         accuracy = RetentionAccuracy(len(self.checkable))
         if items:
             accuracy.update(checked.replies, [i["answers"] for i in items], self.graded,
@@ -165,14 +169,17 @@ class RetentionEvaluator:
         }
 
     def _adapter_replies(
-        self, model: PeftModel, formatter: ChatFormatter, prompts: list[str], base: list[str], budget: int
+        self, model: PeftModel, formatter: ChatFormatter, prompts: list[str], base: list[str], budget: int,
+        with_kl: bool = True,
     ) -> AdapterReplies:
-        """The adapter's greedy replies: the base's where its argmax reproduces them, generated otherwise."""
+        """The adapter's greedy replies: the base's where its argmax reproduces them, generated otherwise;
+        with `with_kl`, also the mean per-token KL(base || adapter) over the base replies (else 0)."""
         reproduced: list[bool] = []
         kl_total, kl_tokens = 0.0, 0
         for batch in reply_batches(formatter, prompts, base, self.batch_size):
             on_device = {name: tensor.to(model.device) for name, tensor in batch.items()}
-            rows = teacher_forced_rows(model, **on_device, budget=budget, end_of_turn_ids=formatter.end_of_turn_ids)
+            rows = teacher_forced_rows(model, **on_device, budget=budget, end_of_turn_ids=formatter.end_of_turn_ids,
+                                       with_kl=with_kl)
             reproduced.extend(rows.reproduced.tolist())
             kl_total, kl_tokens = kl_total + float(rows.kl.sum()), kl_tokens + int(rows.tokens.sum())
         # Generated too: a reply whose text tokenizes to other tokens than were generated (a multi-byte

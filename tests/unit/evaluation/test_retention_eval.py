@@ -230,6 +230,15 @@ def test_eval_size_grades_a_seeded_subset_of_the_base_right_items(case: Case) ->
     assert len(prompts) == 2 and set(prompts) <= set(case.open_prompts)
 
 
+def test_checkable_size_has_the_base_answer_a_seeded_subset(case: Case, generated: CountingGreedy) -> None:
+    measure = case.evaluator(checkable_size=5, seed=3)
+    base = measure.measure_base(case.fresh_model(), case.formatter, "32-true")
+    assert base["retain/count"] == 5 and generated.prompts == 5 + len(case.open_prompts)
+    ids = [item["id"] for item in measure.checkable]
+    assert ids == [item["id"] for item in case.evaluator(checkable_size=5, seed=3).checkable]
+    assert set(ids) <= {item["id"] for item in case.items} and ids == sorted(ids, key=lambda i: int(i.split("-")[1]))
+
+
 def test_the_adapter_needs_the_base_first(case: Case) -> None:
     with pytest.raises(RuntimeError, match="before measure_base"):
         case.evaluator().measure_adapter(case.fresh_model(), case.formatter)
