@@ -5,9 +5,9 @@
 Loads the config's base model in float32 with a fresh LoRA adapter of the config's rank, then times
 `RetentionEvaluator.measure_base` (generating into a scratch reply cache, then again from that cache)
 and `measure_adapter` for three adapters: the untouched one (it reproduces every base reply), one
-after `--train_steps` AdamW steps on the config's training data, and one reset by PEFT with
-`init_lora_weights=False` (random A and B: it forgets everything, the worst case for cost). It also
-grades the base model's replies cut to shorter budgets, to show which budget keeps its right answers.
+after `--train_steps` AdamW steps on the config's training data, and one with random A and B (it
+forgets everything: the worst case for cost). It also grades the base model's replies cut to shorter
+budgets, to show which budget keeps its right answers.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import tempfile
 import time
 from typing import Any
@@ -59,6 +60,16 @@ def train_steps(model: PeftModel, formatter: ChatFormatter, train_file: str, ste
         optimizer.step()
         optimizer.zero_grad()
     return time.perf_counter() - started
+
+
+def forget_everything(model: PeftModel) -> None:
+    """B drawn like A (nn.Linear's own init, as PEFT's `init_lora_weights=False` leaves it): a large random
+    update on every adapted layer. PEFT's `reset_lora_parameters(..., False)` returns without touching them."""
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, LoraLayer):
+                for linear in module.lora_B.values():
+                    torch.nn.init.kaiming_uniform_(linear.weight, a=math.sqrt(5))
 
 
 def base_right_at_budgets(evaluator: RetentionEvaluator, formatter: ChatFormatter, budgets: list[int]) -> dict:
@@ -128,9 +139,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                                    model_args.get("learning_rate", 1e-3))
     result["trained"], result["seconds"]["trained"] = timed(f"adapter after {options.train_steps} steps",
                                                             evaluator.measure_adapter, model, formatter)
-    for module in model.modules():
-        if isinstance(module, LoraLayer):
-            module.reset_lora_parameters("default", init_lora_weights=False)
+    forget_everything(model)
     result["random"], result["seconds"]["random"] = timed("adapter random (worst case)", evaluator.measure_adapter,
                                                           model, formatter)
     if options.json:

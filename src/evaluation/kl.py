@@ -42,7 +42,6 @@ def teacher_forced_rows(
     labels: torch.Tensor,
     budget: int | None = None,
     end_of_turn_ids: set[int] | None = None,
-    with_kl: bool = True,
 ) -> TeacherForcedRows:
     """KL(base || adapter) per row, and whether the adapter's greedy decoding would give the reply again.
 
@@ -50,8 +49,7 @@ def teacher_forced_rows(
     positions (all of them when None): when they all agree, greedy generation with `budget` new tokens
     returns this reply exactly (up to float ties between a full forward and a cached one), so the reply
     need not be generated again. A reply of more than `budget` tokens (a final end-of-turn label, one of
-    `end_of_turn_ids`, not counted) can never be reproduced within the budget. `with_kl=False` skips
-    the base model's forward pass (`kl` is then zero): the reproduction check needs only the adapter's.
+    `end_of_turn_ids`, not counted) can never be reproduced within the budget.
     """
     if not isinstance(model, PeftModel):
         raise TypeError(
@@ -63,28 +61,26 @@ def teacher_forced_rows(
     start = int(target.any(dim=0).nonzero()[0]) if target.any() else target.shape[1]
     keep = input_ids.shape[1] - start
     selected = target[:, start:]  # (B, keep - 1)
+
+    def reply_logits() -> torch.Tensor:  # (N, V)
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=keep).logits
+        return logits[:, :-1][selected]
+
     was_training = model.training
     model.eval()  # LoRA dropout would make the measure random
     try:
-        def reply_logits() -> torch.Tensor:  # (N, V)
-            logits = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=keep).logits
-            return logits[:, :-1][selected]
-
         adapter_logits = reply_logits()
-        if with_kl:
-            with base_model_outputs(model):
-                base_logits = reply_logits()
+        with base_model_outputs(model):
+            base_logits = reply_logits()
     finally:
         model.train(was_training)
     rows = target.nonzero()[:, 0]  # (N,): the row of each labelled position
     batch = input_ids.shape[0]
-    kl = torch.zeros(batch, dtype=torch.float64, device=adapter_logits.device)
-    if with_kl:
-        base_logp = F.log_softmax(base_logits.float(), dim=-1)
-        adapter_logp = F.log_softmax(adapter_logits.float(), dim=-1)
-        # kl_div(input, target) = Σ target · (log target − input): input is the adapter, target the base.
-        per_token = F.kl_div(adapter_logp, base_logp, log_target=True, reduction="none").sum(-1)  # (N,)
-        kl.index_add_(0, rows, per_token.double())
+    base_logp = F.log_softmax(base_logits.float(), dim=-1)
+    adapter_logp = F.log_softmax(adapter_logits.float(), dim=-1)
+    # kl_div(input, target) = Σ target · (log target − input): input is the adapter, target the base.
+    per_token = F.kl_div(adapter_logp, base_logp, log_target=True, reduction="none").sum(-1)  # (N,)
+    kl = torch.zeros(batch, dtype=torch.float64, device=per_token.device).index_add_(0, rows, per_token.double())
     tokens = target.sum(dim=1)  # (B,)
     rank = (target.cumsum(dim=1) - 1)[target]  # (N,): 0 for a reply's first token, 1 for its second...
     in_budget = rank < budget if budget is not None else torch.ones_like(rank, dtype=torch.bool)
