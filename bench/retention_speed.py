@@ -5,9 +5,9 @@
 Loads the config's base model in float32 with a fresh LoRA adapter of the config's rank, then times
 `RetentionEvaluator.measure_base` (generating into a scratch reply cache, then again from that cache)
 and `measure_adapter` for three adapters: the untouched one (it reproduces every base reply), one
-after `--train_steps` AdamW steps on the config's training data, and one reset by PEFT with
-`init_lora_weights=False` (random A and B: it forgets everything, the worst case for cost). It also
-grades the base model's replies cut to shorter budgets, to show which budget keeps its right answers.
+after `--train_steps` AdamW steps on the config's training data, and one with random A and B (it
+forgets everything: the worst case for cost). It also grades the base model's replies cut to shorter
+budgets, to show which budget keeps its right answers.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import tempfile
 import time
 from typing import Any
@@ -61,13 +62,25 @@ def train_steps(model: PeftModel, formatter: ChatFormatter, train_file: str, ste
     return time.perf_counter() - started
 
 
+def forget_everything(model: PeftModel) -> None:
+    """B drawn like A (nn.Linear's own init, as PEFT's `init_lora_weights=False` leaves it): a large random
+    update on every adapted layer. PEFT's `reset_lora_parameters(..., False)` returns without touching them."""
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, LoraLayer):
+                for linear in module.lora_B.values():
+                    torch.nn.init.kaiming_uniform_(linear.weight, a=math.sqrt(5))
+
+
 def base_right_at_budgets(evaluator: RetentionEvaluator, formatter: ChatFormatter, budgets: list[int]) -> dict:
     """How many items the base model answers right with its replies cut to each budget (greedy replies of
     a shorter budget are the first tokens of a longer one's)."""
     tokenizer, counts = formatter.tokenizer, {}
     for budget in budgets:
-        cut = [tokenizer.decode(tokenizer(r, add_special_tokens=False)["input_ids"][:budget]) for r in evaluator.base_replies]
-        counts[budget] = sum(is_correct(r, i["answers"], i["rejects"], i["prompt"]) for r, i in zip(cut, evaluator.checkable))
+        cut = [tokenizer.decode(tokenizer(r, add_special_tokens=False)["input_ids"][:budget])
+               for r in evaluator.base_replies]
+        counts[budget] = sum(is_correct(r, i["answers"], i["rejects"], i["prompt"])
+                             for r, i in zip(cut, evaluator.checkable))
     return counts
 
 
@@ -78,6 +91,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--max_new_tokens", type=int, default=24)
     parser.add_argument("--open_max_new_tokens", type=int, default=48)
     parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--checkable_size", type=int, help="checkable items the base model answers (default: all)")
     parser.add_argument("--eval_size", type=int, help="base-right items graded per validation (default: all)")
     parser.add_argument("--open_eval_size", type=int, help="open prompts per validation (default: all)")
     parser.add_argument("--train_steps", type=int, default=20)
@@ -99,8 +113,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     checkable = load_checkable(f"{options.retention_dir}/{CHECKABLE_FILE}")
     open_prompts = [item["prompt"] for item in load_open(f"{options.retention_dir}/{OPEN_FILE}")]
     settings = dict(max_new_tokens=options.max_new_tokens, open_max_new_tokens=options.open_max_new_tokens,
-                    batch_size=options.batch_size, eval_size=options.eval_size, open_eval_size=options.open_eval_size)
-    print(f"device: {device_description(model.device)}, {torch.get_num_threads()} threads; {len(checkable)} checkable "
+                    batch_size=options.batch_size, checkable_size=options.checkable_size, eval_size=options.eval_size,
+                    open_eval_size=options.open_eval_size)
+    print(f"device: {device_description(model.device)}; {len(checkable)} checkable "
           f"items, {len(open_prompts)} open prompts; {settings}", flush=True)
 
     result: dict[str, Any] = {"device": device_description(model.device), "settings": settings, "seconds": {}}
@@ -114,9 +129,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result["graded"] = len(evaluator.graded)
     budgets = [int(b) for b in options.budgets.split(",") if b]
     result["base_right_at_budget"] = base_right_at_budgets(evaluator, formatter, budgets)
+    right = round(result["base"]["retain/acc"] * len(evaluator.checkable))
     print(f"graded per validation: {len(evaluator.graded)}; base right with replies cut to "
-          f"{result['base_right_at_budget']} tokens (of {int(result['base']['retain/acc'] * len(checkable))} at "
-          f"{options.max_new_tokens})", flush=True)
+          f"{result['base_right_at_budget']} tokens (of {right} at {options.max_new_tokens})", flush=True)
 
     result["untouched"], result["seconds"]["untouched"] = timed("adapter untouched", evaluator.measure_adapter,
                                                                 model, formatter)
@@ -124,9 +139,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                                    model_args.get("learning_rate", 1e-3))
     result["trained"], result["seconds"]["trained"] = timed(f"adapter after {options.train_steps} steps",
                                                             evaluator.measure_adapter, model, formatter)
-    for module in model.modules():
-        if isinstance(module, LoraLayer):
-            module.reset_lora_parameters("default", init_lora_weights=False)
+    forget_everything(model)
     result["random"], result["seconds"]["random"] = timed("adapter random (worst case)", evaluator.measure_adapter,
                                                           model, formatter)
     if options.json:

@@ -57,18 +57,29 @@ def teacher_forced_rows(
             "wrap the base model with peft.get_peft_model."
         )
     target = labels[:, 1:] != IGNORE_INDEX  # (B, T-1): which next-token predictions are reply tokens
+    # The output head runs only from the first reply position on: prompt positions predict nothing we read.
+    start = int(target.any(dim=0).nonzero()[0]) if target.any() else target.shape[1]
+    keep = input_ids.shape[1] - start
+    selected = target[:, start:]  # (B, keep - 1)
+
+    def reply_logits() -> torch.Tensor:  # (N, V)
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=keep).logits
+        return logits[:, :-1][selected]
+
     was_training = model.training
     model.eval()  # LoRA dropout would make the measure random
-    adapter_logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1][target]  # (N, V)
-    with base_model_outputs(model):
-        base_logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1][target]
-    model.train(was_training)
+    try:
+        adapter_logits = reply_logits()
+        with base_model_outputs(model):
+            base_logits = reply_logits()
+    finally:
+        model.train(was_training)
+    rows = target.nonzero()[:, 0]  # (N,): the row of each labelled position
+    batch = input_ids.shape[0]
     base_logp = F.log_softmax(base_logits.float(), dim=-1)
     adapter_logp = F.log_softmax(adapter_logits.float(), dim=-1)
     # kl_div(input, target) = Σ target · (log target − input): input is the adapter, target the base.
     per_token = F.kl_div(adapter_logp, base_logp, log_target=True, reduction="none").sum(-1)  # (N,)
-    rows = target.nonzero()[:, 0]  # (N,): the row of each labelled position
-    batch = input_ids.shape[0]
     kl = torch.zeros(batch, dtype=torch.float64, device=per_token.device).index_add_(0, rows, per_token.double())
     tokens = target.sum(dim=1)  # (B,)
     rank = (target.cumsum(dim=1) - 1)[target]  # (N,): 0 for a reply's first token, 1 for its second...

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -100,11 +101,13 @@ class ReplyCache:
                 log.info("reusing %d cached %s replies from %s", len(replies), label, path)
                 return replies
             raise TutorTuneError(f"{path}: the reply cache file does not match its key; delete it to regenerate")
+        started = time.perf_counter()
         replies = list(generate(list(prompts)))
+        seconds = time.perf_counter() - started
         if len(replies) != len(prompts):
             raise ValueError(f"generate returned {len(replies)} replies for {len(prompts)} prompts")
         self._write(path, {"key": key, "prompts": list(prompts), "replies": replies})
-        log.info("generated %d %s replies, cached in %s", len(replies), label, path)
+        log.info("generated %d %s replies in %.1f s, cached in %s", len(replies), label, seconds, path)
         return replies
 
     def _write(self, path: Path, content: dict[str, Any]) -> None:

@@ -1,19 +1,19 @@
 """What the adapter lost of the base model's general ability, measured cheaply enough for every validation.
 
-The base model is measured once (its replies come from the reply cache when a previous run made them):
-it answers every checkable item and every open prompt. At each validation the adapter is graded only
-on items the base model answered right (it cannot keep what the base never had), or on a fixed,
-seeded subset of them (`eval_size`), and on the base model's open replies:
+The base model is measured once (its replies come from the reply cache when a previous run made
+them): it answers every checkable item (or a seeded `checkable_size` of them) and every open prompt.
+At each validation the adapter is graded only on items the base model answered right (it cannot keep
+what the base never had), or on a fixed, seeded subset of them (`eval_size`), and on the base
+model's open replies:
 
 - `retain/kept`: share of those items the adapter still answers right;
 - `retain/kl`: mean per-token KL(base || adapter) on the base's open replies, teacher-forced;
 - `retain/repeat`: share of repeated word 4-grams in the adapter's open replies;
 - `retain/same`: share of graded items the adapter answers word for word as the base did.
 
-Generation is what costs. One teacher-forced pass over the base replies (which the KL needs anyway
-for the open prompts) tells which replies the adapter's greedy decoding would give again token for
-token; only the others are generated. An adapter that kept its general behaviour costs a few
-forward passes; one that forgot costs at most `eval_size` short generations plus the open ones.
+Generation is what costs. The checkable replies are short and generated at once. For the open
+prompts, the KL's teacher-forced pass over the base replies also tells which of them the adapter's
+greedy decoding would give again token for token; only the others are generated.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from src.models.lora import base_model_outputs
 log = logging.getLogger(__name__)
 
 
-class AdapterReplies(NamedTuple):
+class OpenReplies(NamedTuple):
     replies: list[str]
     reproduced: list[bool]  # the teacher-forced pass showed greedy decoding gives the base's reply: not generated
     kl: float  # mean per-token KL(base || adapter) over the base replies, in nats
@@ -54,6 +54,8 @@ class RetentionEvaluator:
         max_new_tokens: reply budget for checkable items; the answers are a word or a number.
         open_max_new_tokens: reply budget for open prompts.
         batch_size: rows per generation and per teacher-forced batch.
+        checkable_size: at most this many checkable items answered by the base model (a seeded
+            subset), for a first run with no cached base replies; None answers all of them.
         eval_size: at most this many base-right items graded at each validation, a subset drawn
             once from `seed`; None grades all of them.
         open_eval_size: at most this many open prompts (a seeded subset); None uses all.
@@ -68,6 +70,7 @@ class RetentionEvaluator:
         max_new_tokens: int = 24,
         open_max_new_tokens: int = 48,
         batch_size: int = 32,
+        checkable_size: int | None = None,
         eval_size: int | None = None,
         open_eval_size: int | None = None,
         seed: int = 0,
@@ -75,7 +78,7 @@ class RetentionEvaluator:
     ) -> None:
         if not checkable or not open_prompts:
             raise ValueError("RetentionEvaluator needs at least one checkable item and one open prompt.")
-        self.checkable = list(checkable)
+        self.checkable = _seeded_subset(list(checkable), checkable_size, seed)
         self.max_new_tokens, self.open_max_new_tokens = max_new_tokens, open_max_new_tokens
         self.batch_size, self.eval_size, self.seed, self.cache = batch_size, eval_size, seed, cache
         self.open_prompts = _seeded_subset(list(open_prompts), open_eval_size, seed)
@@ -143,16 +146,20 @@ class RetentionEvaluator:
                                "there are no base replies to compare with.")
         items = [self.checkable[i] for i in self.graded]
         base_replies = [self.base_replies[i] for i in self.graded]
-        checked = self._adapter_replies(model, formatter, [i["prompt"] for i in items], base_replies,
-                                        self.max_new_tokens)
+        # Generated outright: teacher-forcing a short reply costs as much as generating it (same tokens
+        # through the model), so checking first would only pay off for the items the adapter kept.
+        started = time.perf_counter()
+        replies = greedy_replies(model, formatter.tokenizer, formatter, [i["prompt"] for i in items],
+                                 self.max_new_tokens, self.batch_size) if items else []
+        log.info("retention: %d checkable replies (budget %d tokens) generated in %.1f s", len(items),
+                 self.max_new_tokens, time.perf_counter() - started)
         accuracy = RetentionAccuracy(len(self.checkable))
         if items:
-            accuracy.update(checked.replies, [i["answers"] for i in items], self.graded,
+            accuracy.update(replies, [i["answers"] for i in items], self.graded,
                             [i["rejects"] for i in items], [i["prompt"] for i in items])
         graded = torch.zeros_like(self.base_correct)
         graded[torch.tensor(self.graded, dtype=torch.long)] = True
-        opened = self._adapter_replies(model, formatter, self.open_prompts, self.base_open_replies,
-                                       self.open_max_new_tokens)
+        opened = self._open_replies(model, formatter)
         repeat = RepeatedNgrams()
         repeat.update(opened.replies)
         return {
@@ -160,14 +167,17 @@ class RetentionEvaluator:
             "retain/kept": float(kept_share(self.base_correct & graded, accuracy.per_item())),
             "retain/kl": opened.kl,
             "retain/repeat": float(repeat.compute()),
-            "retain/same": sum(a == b for a, b in zip(checked.replies, base_replies)) / len(items) if items else 1.0,
+            "retain/same": sum(a == b for a, b in zip(replies, base_replies)) / len(items) if items else 1.0,
             "retain/count": float(len(items)),
         }
 
-    def _adapter_replies(
-        self, model: PeftModel, formatter: ChatFormatter, prompts: list[str], base: list[str], budget: int
-    ) -> AdapterReplies:
-        """The adapter's greedy replies: the base's where its argmax reproduces them, generated otherwise."""
+    def _open_replies(self, model: PeftModel, formatter: ChatFormatter) -> OpenReplies:
+        """The adapter's greedy replies to the open prompts and its KL from the base on the base's replies.
+
+        The KL's teacher-forced pass gives the adapter's argmax at every reply position for free: where
+        it reproduces the base reply, greedy decoding would give that reply again, so only the other
+        prompts are generated."""
+        prompts, base, budget = self.open_prompts, self.base_open_replies, self.open_max_new_tokens
         reproduced: list[bool] = []
         kl_total, kl_tokens = 0.0, 0
         for batch in reply_batches(formatter, prompts, base, self.batch_size):
@@ -181,12 +191,12 @@ class RetentionEvaluator:
         started = time.perf_counter()
         fresh = greedy_replies(model, formatter.tokenizer, formatter, [prompts[i] for i in redo], budget,
                                self.batch_size) if redo else []
-        log.info("retention: %d of %d replies (budget %d tokens) reproduced by teacher forcing, %d generated in %.1f s",
-                 len(prompts) - len(redo), len(prompts), budget, len(redo), time.perf_counter() - started)
+        log.info("retention: %d of %d open replies (budget %d tokens) reproduced by teacher forcing, %d generated "
+                 "in %.1f s", len(prompts) - len(redo), len(prompts), budget, len(redo), time.perf_counter() - started)
         replies = list(base)
         for i, reply in zip(redo, fresh):
             replies[i] = reply
-        return AdapterReplies(replies, reproduced, kl_total / kl_tokens if kl_tokens else 0.0)
+        return OpenReplies(replies, reproduced, kl_total / kl_tokens if kl_tokens else 0.0)
 
     # ----------------------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:

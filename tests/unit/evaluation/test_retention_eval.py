@@ -82,7 +82,7 @@ def text_model_dir(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Pat
     """The tiny random Llama, unable to emit tokens that do not decode to text on their own.
 
     Random weights favour lone UTF-8 continuation bytes, whose decoded text ("\ufffd") tokenizes to other
-    tokens: such replies are always generated again (see `_adapter_replies`), which real models' replies
+    tokens: such replies are always generated again (see `RetentionEvaluator._open_replies`), which real models' replies
     rarely need. With those output rows zeroed, their logit is 0 and some real token's is higher."""
     model = LlamaForCausalLM.from_pretrained(tiny_model_dir)
     end_of_turn = ChatFormatter(tiny_tokenizer).end_of_turn_ids
@@ -151,7 +151,8 @@ def test_the_base_is_graded_on_every_item(case: Case) -> None:
     assert base["retain/repeat"] == pytest.approx(sum(repeats) / len(repeats))
 
 
-def test_an_untouched_adapter_keeps_everything_without_generating(case: Case, generated: CountingGreedy) -> None:
+def test_an_untouched_adapter_keeps_everything_and_generates_no_open_reply(case: Case,
+                                                                          generated: CountingGreedy) -> None:
     model, measure = case.fresh_model(), case.evaluator()
     measure.measure_base(model, case.formatter, "32-true")
     generated.prompts = 0
@@ -159,7 +160,8 @@ def test_an_untouched_adapter_keeps_everything_without_generating(case: Case, ge
     assert adapter["retain/kept"] == 1.0 and adapter["retain/acc"] == 1.0 and adapter["retain/same"] == 1.0
     assert adapter["retain/kl"] == pytest.approx(0.0, abs=1e-9)
     assert adapter["retain/count"] == len(measure.graded)
-    assert generated.prompts == 0  # every base reply came back token for token: nothing to generate
+    # The short checkable replies are generated; every open reply came back token for token from the KL's pass.
+    assert generated.prompts == len(measure.graded)
 
 
 def test_a_changed_adapter_is_measured_as_generating_every_reply_would(case: Case) -> None:
@@ -228,6 +230,15 @@ def test_eval_size_grades_a_seeded_subset_of_the_base_right_items(case: Case) ->
     graded, prompts = subsets[0]
     assert len(graded) == 2 and set(graded) <= set(everything.graded) and graded == sorted(graded)
     assert len(prompts) == 2 and set(prompts) <= set(case.open_prompts)
+
+
+def test_checkable_size_has_the_base_answer_a_seeded_subset(case: Case, generated: CountingGreedy) -> None:
+    measure = case.evaluator(checkable_size=5, seed=3)
+    base = measure.measure_base(case.fresh_model(), case.formatter, "32-true")
+    assert base["retain/count"] == 5 and generated.prompts == 5 + len(case.open_prompts)
+    ids = [item["id"] for item in measure.checkable]
+    assert ids == [item["id"] for item in case.evaluator(checkable_size=5, seed=3).checkable]
+    assert set(ids) <= {item["id"] for item in case.items} and ids == sorted(ids, key=lambda i: int(i.split("-")[1]))
 
 
 def test_the_adapter_needs_the_base_first(case: Case) -> None:
