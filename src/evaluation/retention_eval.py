@@ -96,9 +96,10 @@ class RetentionEvaluator:
         """The evaluator over a retention folder's `checkable.jsonl` and `open.jsonl`, base replies cached;
         `base_size` puts only a seeded subset of the checkable items to the base model (None: all)."""
         folder = Path(folder)
-        checkable = _seeded_subset(load_checkable(folder / CHECKABLE_FILE), base_size, seed)
+        checkable = load_checkable(folder / CHECKABLE_FILE)
         open_prompts = [item["prompt"] for item in load_open(folder / OPEN_FILE)]
-        return cls(checkable, open_prompts, eval_size=eval_size, seed=seed, cache=ReplyCache(), **kwargs)
+        return cls(checkable, open_prompts, eval_size=eval_size, checkable_size=base_size, seed=seed,
+                   cache=ReplyCache(), **kwargs)
 
     # ----------------------------------------------------------------------------- the base model
     def measure_base(
