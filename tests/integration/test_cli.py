@@ -166,9 +166,10 @@ def test_validate_reports_math_accuracy_per_kind_in_one_table(fitted, tiny_model
     metrics = validated.trainer.callback_metrics
     assert metrics["val/math_acc_count"] == 12
     assert {"val/math_acc", "val/math_acc_strict", "val/math_acc/add_1d", "indep/math_acc"} <= set(metrics)
+    assert {"retain/kept", "retain/kl", "retain/repeat"} <= set(metrics), "validate reports retention too"
     printed = capsys.readouterr().out
     assert "DataLoader" not in printed, "one table, not one per validation loader"
-    rows = [line.split()[0] for line in printed.splitlines() if line.startswith(("val/", "indep/"))]
+    rows = [line.split()[0] for line in printed.splitlines() if line.startswith(("val/", "indep/", "retain/"))]
     assert sorted(rows) == sorted(metrics), "every metric exactly once"
 
 
