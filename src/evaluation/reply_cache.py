@@ -140,14 +140,16 @@ def greedy_replies(
 
 def cached_base_replies(
     model: PeftModel, formatter: ChatFormatter, prompts: Sequence[str], max_new_tokens: int, precision: str,
-    model_source: str | None, label: str, batch_size: int = 32, cache: ReplyCache | None = None,
+    model_source: str | None, label: str, cache: ReplyCache | None, batch_size: int = 32,
 ) -> list[str]:
-    """The base model's (adapter off) greedy replies to `prompts`, from the reply cache when a run made them."""
-    cache = cache or ReplyCache()
+    """The base model's (adapter off) greedy replies to `prompts`, from `cache` when a run made them
+    (None: generated every time)."""
 
     def generate(batch: list[str]) -> list[str]:
         with base_model_outputs(model):
             return greedy_replies(model, formatter.tokenizer, formatter, batch, max_new_tokens, batch_size)
 
+    if cache is None:
+        return generate(list(prompts))
     key = base_reply_key(model, formatter, max_new_tokens, precision, model_source=model_source)
     return cache.get_or_generate(key, prompts, generate, label=label)

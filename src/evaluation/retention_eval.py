@@ -32,9 +32,8 @@ from src.data.chat_format import ChatFormatter
 from src.data.retention import CHECKABLE_FILE, OPEN_FILE, CheckableItem, load_checkable, load_open
 from src.errors import TutorTuneError
 from src.evaluation.kl import reply_batches, teacher_forced_rows
-from src.evaluation.reply_cache import ReplyCache, base_reply_key, greedy_replies
+from src.evaluation.reply_cache import ReplyCache, cached_base_replies, greedy_replies
 from src.metrics.retention import RepeatedNgrams, RetentionAccuracy, is_correct, kept_share
-from src.models.lora import base_model_outputs
 
 log = logging.getLogger(__name__)
 
@@ -110,11 +109,11 @@ class RetentionEvaluator:
         `precision_key` and `model_source` enter the cache key (see `base_reply_key`): replies made
         under another precision or from another model are never reused."""
         prompts = [item["prompt"] for item in self.checkable]
-        with base_model_outputs(model):
-            self.base_replies = self._base_replies(model, formatter, prompts, self.max_new_tokens, precision_key,
-                                                   model_source, "retention (checkable)")
-            self.base_open_replies = self._base_replies(model, formatter, self.open_prompts, self.open_max_new_tokens,
-                                                        precision_key, model_source, "retention (open)")
+        self.base_replies = cached_base_replies(model, formatter, prompts, self.max_new_tokens, precision_key,
+                                                model_source, "retention (checkable)", self.cache, self.batch_size)
+        self.base_open_replies = cached_base_replies(model, formatter, self.open_prompts, self.open_max_new_tokens,
+                                                     precision_key, model_source, "retention (open)", self.cache,
+                                                     self.batch_size)
         grades = [is_correct(reply, item["answers"], item["rejects"], item["prompt"])
                   for reply, item in zip(self.base_replies, self.checkable)]
         self.base_correct = torch.tensor(grades, dtype=torch.bool)
@@ -123,18 +122,6 @@ class RetentionEvaluator:
         repeat.update(self.base_open_replies)
         return {"retain/acc": sum(grades) / len(grades), "retain/repeat": float(repeat.compute()),
                 "retain/count": float(len(grades))}
-
-    def _base_replies(
-        self, model: PeftModel, formatter: ChatFormatter, prompts: list[str], budget: int, precision_key: str,
-        model_source: str | None, label: str,
-    ) -> list[str]:
-        def generate(batch: list[str]) -> list[str]:
-            return greedy_replies(model, formatter.tokenizer, formatter, batch, budget, self.batch_size)
-
-        if self.cache is None:
-            return generate(prompts)
-        key = base_reply_key(model, formatter, budget, precision_key, model_source=model_source)
-        return self.cache.get_or_generate(key, prompts, generate, label=label)
 
     # ----------------------------------------------------------------------------- the adapter
     def measure_adapter(self, model: PeftModel, formatter: ChatFormatter) -> dict[str, float]:

@@ -142,7 +142,8 @@ class TutorModule(L.LightningModule):
         if isinstance(datamodule, AcceptsReplay) and datamodule.replay_prompts:
             with self.trainer.precision_plugin.forward_context():
                 replies = cached_base_replies(self.model, self.formatter, datamodule.replay_prompts,
-                                              REPLAY_MAX_NEW_TOKENS, str(self.trainer.precision), None, "replay")
+                                              REPLAY_MAX_NEW_TOKENS, str(self.trainer.precision), None, "replay",
+                                              ReplyCache())
             datamodule.add_replay(replies)
 
     def on_train_start(self) -> None:

@@ -12,6 +12,7 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import LlamaForCausalLM
 
+import src.evaluation.reply_cache as reply_cache
 import src.evaluation.retention_eval as retention_eval
 from src.data.chat_format import ChatFormatter
 from src.data.retention import CheckableItem
@@ -126,7 +127,8 @@ class CountingGreedy:
 @pytest.fixture()
 def generated(monkeypatch: pytest.MonkeyPatch) -> CountingGreedy:
     counter = CountingGreedy()
-    monkeypatch.setattr(retention_eval, "greedy_replies", counter)
+    monkeypatch.setattr(retention_eval, "greedy_replies", counter)  # the adapter's replies
+    monkeypatch.setattr(reply_cache, "greedy_replies", counter)  # the base model's replies
     return counter
 
 
