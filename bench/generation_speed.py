@@ -5,7 +5,7 @@
 Both sides answer the same held-out math questions (the config's `data.val_file`; all 400 of
 data/arithmetic/val.jsonl by default) with the same model object (the config's base model with a
 fresh LoRA adapter, which leaves it unchanged, or `--adapter` for a trained one), the same prompt
-text, greedy decoding, `model.max_new_tokens` and the eval batch size. The project side is what
+text, greedy decoding, `model.generation.max_new_tokens` and the eval batch size. The project side is what
 `TutorModule` runs at validation: the data module's math loader (prompts sorted by length, left
 padding to a multiple of 8) and `generate_greedy` (stops each row at any end-of-turn token). The
 plain side is the loop a user writes: prompts in file order, `tokenizer(..., padding=True)` with
@@ -79,7 +79,7 @@ def plain_answers(module: TutorModule, data: TutorDataModule, items: list[dict[s
     answers: list[str] = []
     for start in range(0, len(texts), size):
         inputs = tokenizer(texts[start : start + size], padding=True, add_special_tokens=False, return_tensors="pt").to(model.device)
-        output = model.generate(**inputs, max_new_tokens=module.hparams.max_new_tokens, do_sample=False,
+        output = model.generate(**inputs, max_new_tokens=module.generation.max_new_tokens, do_sample=False,
                                 pad_token_id=tokenizer.pad_token_id, temperature=None, top_p=None, top_k=None)
         answers += tokenizer.batch_decode(output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
     return answers
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     seconds: dict[str, list[float]] = {side: [] for side in sides}
     answers: dict[str, list[str]] = {}
     print(f"device: {device_description(module.device)}; {len(items)} questions, batch {data.hparams.eval_batch_size}, "
-          f"max_new_tokens {module.hparams.max_new_tokens}", flush=True)
+          f"max_new_tokens {module.generation.max_new_tokens}", flush=True)
     for repeat in range(options.repeats):
         for side in order if repeat % 2 == 0 else order[::-1]:
             start = time.perf_counter()

@@ -69,8 +69,8 @@ step tests 100 "$PYTHON" -m pytest -p no:cacheprovider -rs -q \
     tests/unit/callbacks/test_memory_plan_callback.py tests/integration/test_overlays.py
 
 R=(--random_init --tokenizer "$TOKENIZER" --steps "$STEPS" --warmup_steps 3 --repeats 1)
-ANCHORS=(--model.quantization null --model.gradient_checkpointing false --model.optimizer adamw_fused
-         --model.lora_r 16 --model.lora_alpha 32 --model.target_modules all-linear
+ANCHORS=(--model.quantization null --model.gradient_checkpointing false --model.optimizer.name adamw_fused
+         --model.lora.r 16 --model.lora.alpha 32 --model.lora.target_modules all-linear
          --data.batch_size 8 --trainer.accumulate_grad_batches 1)
 
 step phi2_4gb 170 "$PYTHON" -m bench.train_speed --config configs/phi2.yaml "${R[@]}" \

@@ -45,6 +45,7 @@ from src.data.datamodule import TutorDataModule
 from src.errors import ConfigurationError
 from src.models.loading import load_base_model
 from src.models.precision import resolve_precision, uses_cuda, weight_dtype
+from src.models.settings import LoraSettings, OptimizerSettings, settings_of
 from src.training.tutor_module import TutorModule
 # The 8-bit optimizers under HF's names; AdamW stays HF's default implementation (fused where torch has it).
 HF_OPTIMIZERS = {"adamw_8bit": "adamw_bnb_8bit", "paged_adamw_8bit": "paged_adamw_8bit"}
@@ -133,8 +134,10 @@ def run_project(options: argparse.Namespace, settings: dict[str, Any], log: Step
 def run_hf(options: argparse.Namespace, settings: dict[str, Any], log: StepLog, root: str, compile: bool) -> dict[str, Any]:
     cli = build_cli(options)
     hp, data = cli.model.hparams, cli.datamodule
-    if hp.lora_layers is not None or hp.adapter_path is not None:
-        raise ConfigurationError("bench/train_speed.py compares fresh adapters on all layers: unset model.lora_layers and model.adapter_path")
+    adapter = settings_of(LoraSettings, hp.lora)
+    optimizer = settings_of(OptimizerSettings, hp.optimizer)
+    if adapter.layers is not None or hp.adapter_path is not None:
+        raise ConfigurationError("bench/train_speed.py compares fresh adapters on all layers: unset model.lora.layers and model.adapter_path")
     data.setup("fit")
     precision = str(settings["precision"])
     quantized = hp.get("quantization") is not None
@@ -148,8 +151,8 @@ def run_hf(options: argparse.Namespace, settings: dict[str, Any], log: StepLog, 
                            **({"quantization": hp.quantization, "device": settings["device"]} if quantized else {}))
     if quantized:  # the documented QLoRA recipe
         base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=hp.gradient_checkpointing)
-    lora = LoraConfig(task_type="CAUSAL_LM", r=hp.lora_r, lora_alpha=hp.lora_alpha, lora_dropout=hp.lora_dropout,
-                      target_modules=hp.target_modules)
+    lora = LoraConfig(task_type="CAUSAL_LM", r=adapter.r, lora_alpha=adapter.alpha, lora_dropout=adapter.dropout,
+                      target_modules=adapter.target_modules)
     model = get_peft_model(base, lora)
     tokenizer = data.tokenizer
     tokenizer.padding_side = "right"
@@ -160,13 +163,13 @@ def run_hf(options: argparse.Namespace, settings: dict[str, Any], log: StepLog, 
     total = settings["total_steps"]
     args = TrainingArguments(
         output_dir=root, per_device_train_batch_size=data.hparams.batch_size,
-        gradient_accumulation_steps=settings["accumulate"], learning_rate=hp.learning_rate,
-        weight_decay=hp.weight_decay, max_grad_norm=settings["clip"], max_steps=total,
-        lr_scheduler_type=hp.lr_scheduler, warmup_steps=round(hp.warmup_ratio * total),
+        gradient_accumulation_steps=settings["accumulate"], learning_rate=optimizer.learning_rate,
+        weight_decay=optimizer.weight_decay, max_grad_norm=settings["clip"], max_steps=total,
+        lr_scheduler_type=optimizer.lr_scheduler, warmup_steps=round(optimizer.warmup_ratio * total),
         bf16=precision.startswith("bf16"), fp16=precision.startswith("16"), use_cpu=settings["device"].type == "cpu",
         torch_compile=compile, logging_strategy="no", save_strategy="no", eval_strategy="no", report_to="none",
         disable_tqdm=True, seed=hp.seed, dataloader_num_workers=data.hparams.num_workers,
-        **({"optim": HF_OPTIMIZERS[hp.optimizer]} if hp.get("optimizer") in HF_OPTIMIZERS else {}),
+        **({"optim": HF_OPTIMIZERS[optimizer.name]} if optimizer.name in HF_OPTIMIZERS else {}),
         # Named only when on: transformers 5.23 renames the flag, the 5.17 on the GPU machine knows only this name.
         **({"gradient_checkpointing": True, "gradient_checkpointing_kwargs": {"use_reentrant": False}} if hp.gradient_checkpointing else {}),
     )

@@ -9,9 +9,11 @@ the file and line where the key is set, what was expected, and the closest accep
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import inspect
 import re
+import typing
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,6 +25,19 @@ _UNKNOWN = re.compile(r"(?:Subcommand|Group) '[^']*' does not accept option '(?P
 _UNRECOGNIZED = re.compile(r"unrecognized arguments: (?P<args>.+)", re.DOTALL)
 _BAD_VALUE = re.compile(r'Parser key "(?P<key>[^"]+)":\s*(?P<detail>.+)', re.DOTALL)
 _CONFIG_FLAGS = ("--config", "-c")
+_MOVED_GROUPS = {
+    "lora": ("lora_r:r", "lora_alpha:alpha", "lora_dropout:dropout", "target_modules", "lora_layers:layers",
+             "use_rslora", "use_dora", "lora_init:init"),
+    "optimizer": ("optimizer:name", "learning_rate", "loraplus_lr_ratio", "weight_decay", "warmup_ratio", "lr_scheduler"),
+    "generation": ("max_new_tokens", "wrong_answers_logged"),
+    "retention": ("retention_dir:dir", "retention_eval_size:eval_size", "retention_base_size:base_size"),
+}
+MOVED_KEYS: dict[str, str] = {
+    f"model.{old}": f"model.{group}.{new or old}"
+    for group, names in _MOVED_GROUPS.items()
+    for old, _, new in (name.partition(":") for name in names)
+}
+"""Flat model keys of earlier configs and the grouped key each became."""
 
 
 class ConfigParseError(ConfigurationError):
@@ -45,6 +60,8 @@ def readable_parse_error(message: str, args: Sequence[str], sections: dict[str, 
         unknown = re.match(r"--(?P<key>[\w.]+)", flag) if flag else None
     if unknown is not None:
         key = unknown["key"]
+        if key in MOVED_KEYS:
+            return f"{_where(key, args)}: {key} is now {MOVED_KEYS[key]}; rename it (the model's settings are grouped)"
         suggestion = _closest_key(key, sections)
         did_you_mean = f" (did you mean {suggestion}?)" if suggestion else ""
         return f"{_where(key, args)}: unknown key {key}{did_you_mean}; {help_hint}"
@@ -57,6 +74,8 @@ def readable_parse_error(message: str, args: Sequence[str], sections: dict[str, 
         key, detail = bad["key"], _simplify(bad["detail"])
         if key == "config" or (key in sections and "config" in detail.lower()):
             return f"--config: {detail} (relative paths start from {Path.cwd()})"
+        if key == "model.optimizer" and "Got value: {" not in bad["detail"]:
+            return f"{_where(key, args)}: model.optimizer is a group now: set its name as {MOVED_KEYS[key]}"
         return f"{_where(key, args)}: {key}: {detail}; {help_hint}"
     return f"{_simplify(message)}; {help_hint}"
 
@@ -122,12 +141,23 @@ def key_line(path: str | Path, key: str) -> int | None:
 
 
 def _closest_key(key: str, sections: dict[str, type]) -> str | None:
+    """The accepted key nearest to `key`: a section's argument, or a field of a grouped argument."""
     section, _, name = key.partition(".")
-    if section not in sections or not name or "." in name:
+    if section not in sections or not name or name.count(".") > 1:
         return None
+    group, _, field = name.rpartition(".")
+    if group:
+        kind = typing.get_type_hints(sections[section].__init__).get(group)
+        accepted = [f.name for f in dataclasses.fields(kind)] if dataclasses.is_dataclass(kind) else []
+        matches = difflib.get_close_matches(field, accepted, n=1)
+        return f"{section}.{group}.{matches[0]}" if matches else None
     accepted = [p for p in inspect.signature(sections[section].__init__).parameters if p not in ("self", "args", "kwargs")]
-    matches = difflib.get_close_matches(name, accepted, n=1)
-    return f"{section}.{matches[0]}" if matches else None
+    moved = [old.partition(".")[2] for old in MOVED_KEYS if old.startswith(f"{section}.")]
+    matches = difflib.get_close_matches(name, accepted + moved, n=1)
+    if not matches:
+        return None
+    closest = f"{section}.{matches[0]}"
+    return MOVED_KEYS.get(closest, closest)  # a near-miss of an earlier flat key means its grouped key
 
 
 def _simplify(detail: str) -> str:

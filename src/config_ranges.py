@@ -96,23 +96,23 @@ def lora_init() -> Rule:
 
 
 MODEL_RANGES: dict[str, Rule] = {
-    "lora_r": integer(1),
-    "lora_alpha": real(0, low_open=True),
-    "lora_dropout": real(0, 1),
-    "lora_layers": integers(0),
-    "lora_init": lora_init(),
+    "lora.r": integer(1),
+    "lora.alpha": real(0, low_open=True),
+    "lora.dropout": real(0, 1),
+    "lora.layers": integers(0),
+    "lora.init": lora_init(),
     "attn_implementation": choice(ATTN_IMPLEMENTATIONS, nullable=True),
     "quantization": choice(QUANTIZATIONS, nullable=True),
-    "optimizer": choice(OPTIMIZERS),
-    "learning_rate": real(0, low_open=True),
-    "loraplus_lr_ratio": real(0, low_open=True, nullable=True),
-    "weight_decay": real(0),
-    "warmup_ratio": real(0, 1),
-    "lr_scheduler": choice(LR_SCHEDULERS),
-    "max_new_tokens": integer(1),
-    "retention_eval_size": integer(1, nullable=True),
-    "retention_base_size": integer(1, nullable=True),
-    "wrong_answers_logged": integer(0),
+    "optimizer.name": choice(OPTIMIZERS),
+    "optimizer.learning_rate": real(0, low_open=True),
+    "optimizer.loraplus_lr_ratio": real(0, low_open=True, nullable=True),
+    "optimizer.weight_decay": real(0),
+    "optimizer.warmup_ratio": real(0, 1),
+    "optimizer.lr_scheduler": choice(LR_SCHEDULERS),
+    "generation.max_new_tokens": integer(1),
+    "retention.eval_size": integer(1, nullable=True),
+    "retention.base_size": integer(1, nullable=True),
+    "generation.wrong_answers_logged": integer(0),
     "seed": integer(0, SEED_MAX),
 }
 DATA_RANGES: dict[str, Rule] = {
@@ -182,11 +182,17 @@ def check_ranges(config: Mapping[str, Any]) -> None:
 
 
 def _get(container: Any, key: str) -> Any:
-    if isinstance(container, Mapping):
-        return container.get(key)
-    return getattr(container, key, None)
+    """`key` of a Mapping, Namespace or object; a dotted key (`lora.r`) reads a group's field."""
+    for part in key.split("."):
+        container = container.get(part) if isinstance(container, Mapping) else getattr(container, part, None)
+    return container
 
 
 def _has(container: Any, key: str) -> bool:
-    """Whether `key` is set (a jsonargparse Namespace supports `in` as a Mapping does)."""
-    return key in container if hasattr(container, "__contains__") else hasattr(container, key)
+    """Whether `key` is set (a jsonargparse Namespace supports `in` as a Mapping does); dotted keys read groups."""
+    group, _, name = key.rpartition(".")
+    if group:
+        container = _get(container, group)
+        if container is None:
+            return False
+    return name in container if hasattr(container, "__contains__") else hasattr(container, name)

@@ -21,6 +21,8 @@ from src.models.loading import load_architecture_config
 from src.sources.tokenizer import resolve_source
 from src.models.memory_plan import GIB, MemoryEstimate, RunShape, estimate_memory
 from src.models.precision import weight_dtype
+from src.models.settings import LoraSettings, OptimizerSettings, settings_of
+from src.evaluation.settings import GenerationSettings
 
 MEMINFO = Path("/proc/meminfo")
 ROWS = (
@@ -53,21 +55,22 @@ def available_bytes(device: torch.device) -> tuple[int, str]:
 def run_shape(hp: Any, dh: Any, precision: str | int | None, device_type: str) -> RunShape:
     """The memory-relevant settings of a run: the model's (`hp`) and data module's (`dh`) hyperparameters,
     the trainer's precision and the device type."""
+    lora = settings_of(LoraSettings, hp["lora"])
     return RunShape(
         batch_size=dh.batch_size,
         max_length=dh.max_length,
         dtype=weight_dtype(precision),
         quantization=hp.quantization,
         gradient_checkpointing=hp.gradient_checkpointing,
-        optimizer=hp.optimizer,
-        lora_r=hp.lora_r,
-        lora_alpha=hp.lora_alpha,
-        lora_dropout=hp.lora_dropout,
-        target_modules=hp.target_modules,
-        lora_layers=hp.lora_layers,
+        optimizer=settings_of(OptimizerSettings, hp["optimizer"]).name,
+        lora_r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora.target_modules,
+        lora_layers=lora.layers,
         attn_implementation=hp.attn_implementation,
         eval_batch_size=dh.eval_batch_size,
-        max_new_tokens=hp.max_new_tokens,
+        max_new_tokens=settings_of(GenerationSettings, hp["generation"]).max_new_tokens,
         device_type=device_type,
     )
 
@@ -192,7 +195,7 @@ def candidate_changes(shape: RunShape) -> list[tuple[str, RunShape]]:
         half = shape.eval_batch_size // 2
         changes.append((f"data.eval_batch_size: {half}", replace(shape, eval_batch_size=half)))
     if shape.optimizer in {"adamw", "adamw_fused"}:
-        changes.append(("model.optimizer: paged_adamw_8bit", replace(shape, optimizer="paged_adamw_8bit")))
+        changes.append(("model.optimizer.name: paged_adamw_8bit", replace(shape, optimizer="paged_adamw_8bit")))
     if shape.lora_r > 4:
-        changes.append((f"model.lora_r: {shape.lora_r // 2}", replace(shape, lora_r=shape.lora_r // 2)))
+        changes.append((f"model.lora.r: {shape.lora_r // 2}", replace(shape, lora_r=shape.lora_r // 2)))
     return changes

@@ -168,7 +168,7 @@ def warn_if_replies_are_cut(budget: int, longest: Mapping[str, Any] | None) -> N
     if longest is None or longest["tokens"] <= budget:
         return
     rank_zero_warn(
-        f"model.max_new_tokens is {budget}, but the longest reference answer in {longest['source']} takes "
+        f"model.generation.max_new_tokens is {budget}, but the longest reference answer in {longest['source']} takes "
         f"{longest['tokens']} tokens with its end of turn ({longest['question']!r}): a reply that long is cut "
-        f"before its final answer and graded wrong. Set model.max_new_tokens to at least {longest['tokens']}."
+        f"before its final answer and graded wrong. Set model.generation.max_new_tokens to at least {longest['tokens']}."
     )

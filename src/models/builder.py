@@ -23,6 +23,7 @@ from src.models.lora import attach_lora, check_lora_options, count_parameters, k
 from src.models.optimizers import check_optimizer
 from src.models.packing import check_packing_support
 from src.models.quantization import check_quantization, prepare_for_kbit_training
+from src.models.settings import LoraSettings, OptimizerSettings, settings_of
 from src.sources.checks import check_adapter, refuse_pickle
 from src.sources.offline_default import OFFLINE_DEFAULT, cache_folder
 from src.sources.tokenizer import load_tokenizer
@@ -54,10 +55,11 @@ def build_tutor_model(settings: Mapping[str, Any], device: torch.device, dtype: 
     """Assemble the model `settings` (the training module's hyperparameters) describe, on `device`,
     with frozen base weights in `dtype` and trainable LoRA weights in float32."""
     s = settings
+    lora, optimizer = settings_of(LoraSettings, s["lora"]), settings_of(OptimizerSettings, s["optimizer"])
     check_attn_implementation(s["attn_implementation"])
     check_quantization(s["quantization"], device.type, s["gguf_file"])
-    check_optimizer(s["optimizer"], device.type, s.get("loraplus_lr_ratio"))
-    check_lora_options(s.get("lora_init", True), s.get("use_dora", False), s["quantization"])
+    check_optimizer(optimizer.name, device.type, optimizer.loraplus_lr_ratio)
+    check_lora_options(lora.init, lora.use_dora, s["quantization"])
     tokenizer = load_tokenizer(s["model_name"], s["gguf_file"], s["tokenizer_name"])
     base = load_base_model(
         s["model_name"], s["gguf_file"], s["random_init"], s["architecture"], s["architecture_overrides"],
@@ -75,9 +77,8 @@ def build_tutor_model(settings: Mapping[str, Any], device: torch.device, dtype: 
     elif s["gradient_checkpointing"]:
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model = attach_lora(
-        base, s["lora_r"], s["lora_alpha"], s["lora_dropout"], s["target_modules"], s["adapter_path"],
-        s["lora_layers"], use_rslora=s.get("use_rslora", False), use_dora=s.get("use_dora", False),
-        init_lora_weights=s.get("lora_init", True),
+        base, lora.r, lora.alpha, lora.dropout, lora.target_modules, s["adapter_path"], lora.layers,
+        use_rslora=lora.use_rslora, use_dora=lora.use_dora, init_lora_weights=lora.init,
     )
     keep_trainable_in_float32(model)
     model.train()  # from_pretrained returns eval mode; Lightning switches modes per stage from here

@@ -35,22 +35,22 @@ def check_lora_options(
     """Raise one ConfigurationError for an init PEFT cannot run here, or a combination that breaks."""
     if not (init_lora_weights is True or init_lora_weights in ("gaussian", "pissa") or is_pissa(init_lora_weights)):
         raise ConfigurationError(
-            f"model.lora_init: {init_lora_weights!r} is not supported; expected one of {', '.join(LORA_INITS)} "
+            f"model.lora.init: {init_lora_weights!r} is not supported; expected one of {', '.join(LORA_INITS)} "
             "(e.g. pissa_niter_4: PiSSA from 4 subspace iterations, seconds instead of a full SVD)."
         )
     if not is_pissa(init_lora_weights):
         return
     if quantization is not None:
         raise ConfigurationError(
-            f"model.lora_init: {init_lora_weights} decomposes the float base weights, but model.quantization is "
+            f"model.lora.init: {init_lora_weights} decomposes the float base weights, but model.quantization is "
             f"{quantization} (PEFT's PiSSA runs on float32/16 weights only). Set model.quantization: null or "
-            "model.lora_init: true."
+            "model.lora.init: true."
         )
     if use_dora:
         raise ConfigurationError(
-            f"model.lora_init: {init_lora_weights} with model.use_dora: true: DoRA's magnitudes would be taken from "
+            f"model.lora.init: {init_lora_weights} with model.lora.use_dora: true: DoRA's magnitudes would be taken from "
             "the PiSSA residual, and PEFT's conversion of the saved adapter back to the original base ignores them. "
-            "Set one of model.use_dora: false or model.lora_init: true."
+            "Set one of model.lora.use_dora: false or model.lora.init: true."
         )
 
 

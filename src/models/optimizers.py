@@ -1,4 +1,4 @@
-"""The optimizer `model.optimizer` names, built over the trainable (LoRA) parameters only.
+"""The optimizer `model.optimizer.name` names, built over the trainable (LoRA) parameters only.
 
 - adamw: torch's AdamW (foreach kernels), two fp32 moments a parameter (8 bytes).
 - adamw_fused: torch's fused AdamW, one kernel for every parameter (CUDA, CPU and other devices torch
@@ -38,21 +38,21 @@ def fused_adamw_devices() -> list[str]:
 
 
 def check_optimizer(name: str, device_type: str, loraplus_lr_ratio: float | None = None) -> None:
-    """Raise one ConfigurationError when `model.optimizer` cannot run on `device_type` here."""
+    """Raise one ConfigurationError when `model.optimizer.name` cannot run on `device_type` here."""
     if loraplus_lr_ratio is not None and not (math.isfinite(loraplus_lr_ratio) and loraplus_lr_ratio > 0):
         raise ConfigurationError(
-            f"model.loraplus_lr_ratio: {loraplus_lr_ratio} is not a positive number. LoRA+ multiplies B's learning "
+            f"model.optimizer.loraplus_lr_ratio: {loraplus_lr_ratio} is not a positive number. LoRA+ multiplies B's learning "
             "rate by it (the paper uses 16; PEFT advises >= 1); set null for plain LoRA."
         )
     if name not in OPTIMIZERS:
-        raise ConfigurationError(f"model.optimizer: {name!r} is not known; expected one of {', '.join(OPTIMIZERS)}.")
+        raise ConfigurationError(f"model.optimizer.name: {name!r} is not known; expected one of {', '.join(OPTIMIZERS)}.")
     if name == "adamw_fused" and device_type not in fused_adamw_devices():
         raise ConfigurationError(
-            f"model.optimizer: adamw_fused: torch {torch.__version__} has no fused AdamW kernel for {device_type} "
-            f"parameters (it has for {', '.join(fused_adamw_devices())}). Set model.optimizer: adamw."
+            f"model.optimizer.name: adamw_fused: torch {torch.__version__} has no fused AdamW kernel for {device_type} "
+            f"parameters (it has for {', '.join(fused_adamw_devices())}). Set model.optimizer.name: adamw."
         )
     if name in BNB_OPTIMIZERS:
-        check_bitsandbytes("model.optimizer", name, device_type, "model.optimizer: adamw")
+        check_bitsandbytes("model.optimizer.name", name, device_type, "model.optimizer.name: adamw")
 
 
 def build_optimizer(
@@ -79,8 +79,8 @@ def build_optimizer(
         raise ValueError("build_optimizer: with loraplus_lr_ratio, params must be the model's trainable parameters")
     if not any("lora_B" in n for n, p in model.named_parameters() if p.requires_grad):
         raise ConfigurationError(
-            "model.loraplus_lr_ratio: the model has no trainable LoRA B matrix, so LoRA+ would change nothing. "
-            "Set model.loraplus_lr_ratio: null, or train a LoRA adapter."
+            "model.optimizer.loraplus_lr_ratio: the model has no trainable LoRA B matrix, so LoRA+ would change nothing. "
+            "Set model.optimizer.loraplus_lr_ratio: null, or train a LoRA adapter."
         )
     # PEFT puts weight decay in each group from `loraplus_weight_decay` (its default 0.0 would drop ours).
     return create_loraplus_optimizer(
@@ -112,4 +112,4 @@ def optimizer_class_and_options(name: str) -> tuple[type[torch.optim.Optimizer],
         import bitsandbytes as bnb
 
         return (bnb.optim.PagedAdamW8bit if name == "paged_adamw_8bit" else bnb.optim.AdamW8bit), {}
-    raise ConfigurationError(f"model.optimizer: {name!r} is not known; expected one of {', '.join(OPTIMIZERS)}.")
+    raise ConfigurationError(f"model.optimizer.name: {name!r} is not known; expected one of {', '.join(OPTIMIZERS)}.")

@@ -1,7 +1,7 @@
 """`compare`: several seeds (and settings) of one recipe, trained one after another, in one table.
 
     python -m src.cli compare --config configs/smollm2.yaml --seeds 42,1,2 \\
-        [--set model.learning_rate=1e-3,2e-3] [--set data.batch_size=2,4] [--out docs/results/NAME]
+        [--set model.optimizer.learning_rate=1e-3,2e-3] [--set data.batch_size=2,4] [--out docs/results/NAME]
     python -m src.cli compare --runs runs/compare [more run folders] --out docs/results/NAME
 
 Every combination of the `--set` values, for every seed, is a normal `fit` through the project's CLI in
@@ -37,7 +37,7 @@ from src.models.precision import cpu_flags
 from src.tools.comparison_table import Context, RunResult, comparison, markdown
 
 ROOT = Path(__file__).resolve().parents[2]
-SET_SYNTAX = "--set SECTION.KEY=VALUE[,VALUE...], e.g. --set model.learning_rate=1e-3,2e-3"
+SET_SYNTAX = "--set SECTION.KEY=VALUE[,VALUE...], e.g. --set model.optimizer.learning_rate=1e-3,2e-3"
 OWN_KEYS = ("trainer.default_root_dir", "trainer.logger", "seed_everything")
 """Keys the comparison sets for each run itself: `--set` may not vary them (seeds go to `--seeds`)."""
 COMMAND_FILE = "command.json"
@@ -77,7 +77,7 @@ def parse_seeds(text: str | None) -> list[int | None]:
 
 
 def parse_sets(texts: Sequence[str]) -> list[tuple[str, list[str]]]:
-    """`["model.learning_rate=1e-3,2e-3"]` -> [("model.learning_rate", ["1e-3", "2e-3"])], every mistake at once."""
+    """`["model.optimizer.learning_rate=1e-3,2e-3"]` -> [("model.optimizer.learning_rate", ["1e-3", "2e-3"])], every mistake at once."""
     problems, parsed = [], []
     for text in texts:
         key, equals, values = text.partition("=")

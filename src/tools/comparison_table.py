@@ -47,7 +47,7 @@ class Context:
 
 
 def setting_label(setting: dict[str, str]) -> str:
-    """`model.learning_rate=1e-3, data.batch_size=2`; the config as given when nothing is varied."""
+    """`model.optimizer.learning_rate=1e-3, data.batch_size=2`; the config as given when nothing is varied."""
     return ", ".join(f"{key}={value}" for key, value in setting.items()) or "the config as given"
 
 

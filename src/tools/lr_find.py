@@ -5,7 +5,7 @@
 Trains for `num_training` steps while the learning rate grows from `min_lr` to `max_lr`, records the
 (smoothed) training loss, and suggests the rate where the loss falls fastest (`Tuner.lr_find`). The
 weights are restored afterwards; nothing is saved but the plot, the curve (JSON) and, on request, a
-copy of the config with the suggested `model.learning_rate`. Any `fit` option may follow.
+copy of the config with the suggested `model.optimizer.learning_rate`. Any `fit` option may follow.
 """
 
 from __future__ import annotations
@@ -38,19 +38,28 @@ def tool_options(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
 
 
 def with_learning_rate(config_text: str, learning_rate: float, note: str) -> str:
-    """`config_text` with `model.learning_rate` set; comments and layout kept (only that line changes)."""
-    value = f"{learning_rate:.2e}"
-    model_block = re.search(r"^model:[^\n]*\n((?:[ \t]+[^\n]*\n|[ \t]*\n)*)", config_text, re.MULTILINE)
-    if model_block is None:
-        return config_text.rstrip("\n") + f"\nmodel:\n  learning_rate: {value}  # {note}\n"
-    body = model_block.group(1)
-    line = re.search(r"^([ \t]+)learning_rate:[^\n]*$", body, re.MULTILINE)
-    if line is None:
-        indent = re.match(r"[ \t]+", body).group(0) if body.strip() else "  "
-        new_body = f"{indent}learning_rate: {value}  # {note}\n" + body
+    """`config_text` with `model.optimizer.learning_rate` set; comments and layout kept (only that line changes)."""
+    return _with_setting(config_text, "", ["model", "optimizer", "learning_rate"], f"{learning_rate:.2e}  # {note}", True)
+
+
+def _with_setting(text: str, indent: str, keys: list[str], value: str, top: bool) -> str:
+    """`text` (a YAML block at `indent`) with the nested `keys` set to `value`, written by hand because
+    PyYAML's round trip drops comments: the key's line is replaced, or added with its missing parents."""
+    name, rest = keys[0], keys[1:]
+    if rest:
+        block = re.search(rf"^{indent}{name}:[ \t]*(?:#[^\n]*)?\n((?:{indent}[ \t]+[^\n]*\n|[ \t]*\n)*)", text, re.M)
+        if block is not None:
+            body = block.group(1)
+            child = re.search(r"^([ \t]+)\S", body, re.M)
+            new_body = _with_setting(body, child.group(1) if child else indent + "  ", rest, value, False)
+            return text[: block.start(1)] + new_body + text[block.end(1) :]
     else:
-        new_body = body[: line.start()] + f"{line.group(1)}learning_rate: {value}  # {note}" + body[line.end() :]
-    return config_text[: model_block.start(1)] + new_body + config_text[model_block.end(1) :]
+        line = re.search(rf"^{indent}{name}:[^\n]*$", text, re.M)
+        if line is not None:
+            return text[: line.start()] + f"{indent}{name}: {value}" + text[line.end() :]
+    added = "".join(f"{indent}{'  ' * depth}{key}:\n" for depth, key in enumerate(keys[:-1]))
+    added += f"{indent}{'  ' * (len(keys) - 1)}{keys[-1]}: {value}\n"
+    return text.rstrip("\n") + "\n" + added if top else added + text
 
 
 def main(argv: Sequence[str]) -> int:
@@ -85,5 +94,5 @@ def main(argv: Sequence[str]) -> int:
         target = Path(options.write_config)
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(with_learning_rate(source, suggestion, note), encoding="utf-8")
-        print(f"Config with model.learning_rate {suggestion:.2e}: {target}")
+        print(f"Config with model.optimizer.learning_rate {suggestion:.2e}: {target}")
     return 0

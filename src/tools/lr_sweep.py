@@ -38,7 +38,7 @@ def run_one(rest: list[str], lr: float, folder: Path, evaluate_base: bool) -> di
     cli = training_cli(
         [
             *rest,
-            "--model.learning_rate", str(lr),
+            "--model.optimizer.learning_rate", str(lr),
             "--model.evaluate_base", str(evaluate_base).lower(),
             "--trainer.default_root_dir", str(folder),
             "--trainer.logger.init_args.save_dir", str(folder),

@@ -23,17 +23,24 @@ from src.evaluation.answers import batch_replies, conversation_replies
 from src.evaluation.math_evaluator import LOSS_LOADER, MathEvaluator, evaluate_base, warn_if_replies_are_cut
 from src.evaluation.reply_cache import ReplyCache, base_reply_key, cached_base_replies
 from src.evaluation.retention_eval import RetentionEvaluator
+from src.evaluation.settings import GenerationSettings, RetentionSettings
 from src.models.builder import build_tutor_model, check_sources
 from src.models.loss import causal_lm_loss
-from src.models.optimizers import OptimizerName, build_optimizer_and_schedule
+from src.models.optimizers import build_optimizer_and_schedule
 from src.models.precision import weight_dtype
 from src.models.quantization import Quantization
+from src.models.settings import LoraSettings, OptimizerSettings, settings_dict, settings_of
 from src.sources.offline_default import OFFLINE_DEFAULT
 from src.training.contracts import AcceptsReplay, DivergenceHandler
 
 
 class NonFiniteTrainingError(TutorTuneError, RuntimeError):
     """The loss or gradient norm became NaN/Inf: continuing would only write a broken adapter."""
+
+
+SETTING_GROUPS = {
+    "lora": LoraSettings, "optimizer": OptimizerSettings, "generation": GenerationSettings, "retention": RetentionSettings
+}
 
 
 class TutorModule(L.LightningModule):
@@ -47,31 +54,15 @@ class TutorModule(L.LightningModule):
         architecture: JSON architecture config for `random_init` without a hub.
         architecture_overrides: config fields to change, e.g. a scaled-down layer count.
         adapter_path: a saved LoRA adapter to evaluate or continue training; None starts a fresh one.
-        lora_r: LoRA rank.
-        lora_alpha: LoRA scaling numerator (the update is scaled by alpha / r, or alpha / √r with use_rslora).
-        lora_dropout: dropout on the LoRA branch.
-        target_modules: module names to adapt, or "all-linear" for every linear layer but the head.
-        lora_layers: indices of the decoder layers to adapt; None adapts all (upper layers only: faster backward).
-        use_rslora: rank-stabilised LoRA (PEFT's `use_rslora`): scale alpha / √r.
-        use_dora: DoRA (PEFT's `use_dora`): per-output magnitudes beside the low-rank direction; slower steps.
-        lora_init: PEFT's `init_lora_weights`: true (B = 0), "gaussian", "pissa" or "pissa_niter_<n>".
+        lora: the adapter (`model.lora.*`).
+        optimizer: the optimizer and its schedule (`model.optimizer.*`).
+        generation: how math answers are generated and shown (`model.generation.*`).
+        retention: the general-ability measurement (`model.retention.*`); off without `dir`.
         gradient_checkpointing: recompute activations in backward to save memory (slower).
         attn_implementation: "sdpa", "eager" or "flash_attention_2" (CUDA + flash-attn); None: transformers' default.
         compile: `torch.compile` each decoder block in place (pays off on GPU after the first steps).
         quantization: "nf4" or "int8" frozen base weights through bitsandbytes (QLoRA); None keeps the trainer's dtype.
-        optimizer: "adamw", "adamw_fused", "adamw_8bit" or "paged_adamw_8bit" (bitsandbytes, 2 bytes of state each).
-        learning_rate: peak learning rate of the optimizer.
-        loraplus_lr_ratio: LoRA+ (PEFT's `create_loraplus_optimizer`): B's learning rate is this times A's; None: off.
-        weight_decay: decoupled weight decay.
-        warmup_ratio: share of the optimizer steps spent warming up linearly.
-        lr_scheduler: transformers scheduler name after warmup ("cosine", "linear", "constant_with_warmup").
-        max_new_tokens: generation budget for each math answer.
-        retention_dir: folder of the retention set (`checkable.jsonl`, `open.jsonl`): what the adapter keeps of the
-            base model's general answers, measured beside math (`retain/*`); None: not measured.
-        retention_eval_size: base-right checkable items graded at each validation (a seeded subset); None: all.
-        retention_base_size: checkable items put to the base model (a seeded subset); None: all.
         evaluate_base: measure the untouched base model on the math items before training.
-        wrong_answers_logged: how many wrong answers each validation shows in TensorBoard.
         system_prompt: linked from `data.system_prompt`.
         chat_template: linked from `data.chat_template`.
         seed: seed of random initialisation.
@@ -81,26 +72,26 @@ class TutorModule(L.LightningModule):
     def __init__(
         self, model_name: str = OFFLINE_DEFAULT, gguf_file: str | None = None, tokenizer_name: str | None = None,
         random_init: bool = False, architecture: str | None = None, architecture_overrides: dict[str, Any] | None = None,
-        adapter_path: str | None = None, lora_r: int = 16, lora_alpha: int = 32, lora_dropout: float = 0.05,
-        target_modules: list[str] | str = "all-linear", lora_layers: list[int] | None = None, use_rslora: bool = False,
-        use_dora: bool = False, lora_init: bool | str = True, gradient_checkpointing: bool = False,
+        adapter_path: str | None = None, lora: LoraSettings = LoraSettings(),
+        optimizer: OptimizerSettings = OptimizerSettings(), generation: GenerationSettings = GenerationSettings(),
+        retention: RetentionSettings = RetentionSettings(), gradient_checkpointing: bool = False,
         attn_implementation: str | None = None, compile: bool = False, quantization: Quantization | None = None,
-        optimizer: OptimizerName = "adamw", learning_rate: float = 2e-4, loraplus_lr_ratio: float | None = None,
-        weight_decay: float = 0.0, warmup_ratio: float = 0.05, lr_scheduler: str = "cosine", max_new_tokens: int = 32,
-        retention_dir: str | None = None, retention_eval_size: int | None = 64,
-        retention_base_size: int | None = None, evaluate_base: bool = True,
-        wrong_answers_logged: int = 5, system_prompt: str | None = None, chat_template: str | None = None,
+        evaluate_base: bool = True, system_prompt: str | None = None, chat_template: str | None = None,
         seed: int = 0, packing: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        for name, kind in SETTING_GROUPS.items():  # plain dicts in hparams.yaml and checkpoints, typed here
+            self.hparams[name] = settings_dict(settings_of(kind, self.hparams[name]))
+        self.generation = settings_of(GenerationSettings, generation)
         check_sources(self.hparams)
         self.strict_loading = False  # checkpoints hold only the trainable LoRA weights (see on_save_checkpoint)
         self.model = self.tokenizer = self.formatter = None
-        self.evaluator = MathEvaluator(wrong_answers_logged)
+        self.evaluator = MathEvaluator(self.generation.wrong_answers_logged)
+        measured = settings_of(RetentionSettings, retention)
         self.retention = (
-            RetentionEvaluator.from_folder(retention_dir, retention_eval_size, seed, retention_base_size)
-            if retention_dir else None
+            RetentionEvaluator.from_folder(measured.dir, measured.eval_size, seed, measured.base_size)
+            if measured.dir else None
         )
         self.val_loss = MeanMetric()
         self.base_math_metrics: dict[str, float] | None = None
@@ -125,13 +116,13 @@ class TutorModule(L.LightningModule):
     def setup(self, stage: str) -> None:
         datamodule = self.trainer.datamodule if self._trainer is not None else None
         self.evaluator.configure(getattr(datamodule, "math_set_names", ["val"]), getattr(datamodule, "math_kinds", []))
-        warn_if_replies_are_cut(self.hparams.max_new_tokens, getattr(datamodule, "longest_reference_answer", None))
+        warn_if_replies_are_cut(self.generation.max_new_tokens, getattr(datamodule, "longest_reference_answer", None))
 
     def configure_optimizers(self) -> dict[str, Any]:
-        hp = self.hparams
+        o = settings_of(OptimizerSettings, self.hparams.optimizer)
         optimizer, scheduler = build_optimizer_and_schedule(
-            self.model, hp.optimizer, hp.learning_rate, hp.weight_decay, hp.loraplus_lr_ratio, hp.lr_scheduler,
-            hp.warmup_ratio, int(self.trainer.estimated_stepping_batches),
+            self.model, o.name, o.learning_rate, o.weight_decay, o.loraplus_lr_ratio, o.lr_scheduler, o.warmup_ratio,
+            int(self.trainer.estimated_stepping_batches),
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
@@ -159,9 +150,9 @@ class TutorModule(L.LightningModule):
         if not loaders:
             return None
         context = self.trainer.precision_plugin.forward_context()
-        hp, precision = self.hparams, str(self.trainer.precision)
+        precision = str(self.trainer.precision)
         # The base weights are named by a fingerprint of their values, so a changed local model never hits.
-        key = base_reply_key(self.model, self.formatter, hp.max_new_tokens, precision)
+        key = base_reply_key(self.model, self.formatter, self.generation.max_new_tokens, precision)
         return evaluate_base(self.evaluator, self.model, loaders, self.answer_batch, context, self.loggers,
                              ReplyCache(), key)
 
@@ -204,7 +195,7 @@ class TutorModule(L.LightningModule):
         after = f" after {self.divergences_handled} rollbacks" if self.divergences_handled else ""
         raise NonFiniteTrainingError(
             f"Training stopped at step {self.global_step}{after}: the {what} is {value}. The likely cause is a learning "
-            f"rate too high for this model (model.learning_rate={self.hparams.learning_rate}): lower it, e.g. tenfold, "
+            f"rate too high for this model (model.optimizer.learning_rate={self.hparams.optimizer['learning_rate']}): lower it, e.g. tenfold, "
             "and keep trainer.gradient_clip_val set. Adapters saved before this step were not touched."
         )
 
@@ -253,12 +244,12 @@ class TutorModule(L.LightningModule):
 
     def answer_batch(self, batch: dict[str, Any]) -> list[str]:
         """Greedy replies to a collated prompt batch, within `max_new_tokens`."""
-        return batch_replies(self.model, self.tokenizer, self.formatter, batch, self.hparams.max_new_tokens)
+        return batch_replies(self.model, self.tokenizer, self.formatter, batch, self.generation.max_new_tokens)
 
     def generate_replies(self, conversations: list[list[Message]], batch_size: int = 16) -> list[str]:
         """Greedy answers to conversations ending with a user turn (samples and the run report)."""
         return conversation_replies(
-            self.model, self.tokenizer, self.formatter, conversations, self.hparams.max_new_tokens, batch_size
+            self.model, self.tokenizer, self.formatter, conversations, self.generation.max_new_tokens, batch_size
         )
 
     # -------------------------------------------------------------------------------- checkpoints

@@ -15,7 +15,7 @@ def test_both_loops_answer_every_question_and_agree(tiny_model_dir: Path, tmp_pa
     val = write_jsonl(tmp_path / "val.jsonl", arithmetic_rows(QUESTIONS, start=60))
     result = main([
         "--repeats", "1", "--batch_size", "5",
-        "--", "--model.model_name", str(tiny_model_dir), "--data.val_file", str(val), "--model.max_new_tokens", "4",
+        "--", "--model.model_name", str(tiny_model_dir), "--data.val_file", str(val), "--model.generation.max_new_tokens", "4",
     ])
     assert result["questions"] == QUESTIONS
     for side in (PROJECT, PLAIN):

@@ -54,7 +54,7 @@ def test_every_benchmark_command_builds_the_configured_run() -> None:
     options = parse_args(four_gib)
     hparams = build_cli(options).model.hparams
     assert options.memory_fraction == pytest.approx(0.03) and options.hf_compile == "no"
-    assert (hparams.quantization, hparams.optimizer, hparams.gradient_checkpointing) == ("nf4", "paged_adamw_8bit", True)
+    assert (hparams.quantization, hparams.optimizer["name"], hparams.gradient_checkpointing) == ("nf4", "paged_adamw_8bit", True)
     for command in anchors:
         options = parse_args(command)
         assert options.random_init and options.precision == "bf16-mixed"

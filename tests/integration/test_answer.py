@@ -21,7 +21,7 @@ def model_args(model_dir: Path, adapter_dir: Path) -> list[str]:
         "--config", CONFIG,
         "--model.model_name", str(model_dir),
         "--model.adapter_path", str(adapter_dir),
-        "--model.max_new_tokens", "8",
+        "--model.generation.max_new_tokens", "8",
         "--data.eval_batch_size", "5",  # 12 items: batches of 5, 5, 2 with different padding
     ]
 

@@ -21,7 +21,7 @@ EXAMPLES = ROOT / "data" / "examples"
 def common_args(model_dir: Path, run_dir: Path) -> list[str]:
     return [
         "--model.model_name", str(model_dir),
-        "--model.max_new_tokens", "6",
+        "--model.generation.max_new_tokens", "6",
         "--data.batch_size", "4",
         "--data.eval_batch_size", "8",
         "--trainer.accelerator", "cpu",

@@ -22,11 +22,11 @@ def grid(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     argv = [
         "--config", str(ROOT / "configs" / "smollm2.yaml"),
         "--seeds", "42,1",
-        "--set", "model.learning_rate=2e-3",
+        "--set", "model.optimizer.learning_rate=2e-3",
         "--output_dir", str(folder / "runs"),
         "--out", str(folder / "results" / "tiny"),
         "--model.model_name", str(tiny_model_dir),
-        "--model.max_new_tokens", "4",
+        "--model.generation.max_new_tokens", "4",
         "--data.train_file", str(train),
         "--data.val_file", str(val),
         "--data.extra_math_files", json.dumps({"indep": str(indep)}),
@@ -54,7 +54,7 @@ def test_each_seed_trains_in_its_own_folder_through_the_fit_command(grid) -> Non
 def test_the_comparison_has_a_row_per_seed_and_mean_and_worst_for_both_held_out_sets(grid) -> None:
     folder, _ = grid
     data = json.loads((folder / "results" / "tiny.json").read_text())
-    assert [s["label"] for s in data["settings"]] == ["model.learning_rate=2e-3"]
+    assert [s["label"] for s in data["settings"]] == ["model.optimizer.learning_rate=2e-3"]
     table = data["settings"][0]
     assert list(table["held_out"]) == ["val", "indep"]
     for name, count in (("val", 6), ("indep", 4)):
@@ -67,7 +67,7 @@ def test_the_comparison_has_a_row_per_seed_and_mean_and_worst_for_both_held_out_
     assert data["cpu_kind"] in {"AVX512-BF16", "AVX2-only", "no AVX2"} and len(data["commit"]) == 12
     page = (folder / "results" / "tiny.md").read_text()
     assert page.count("| **mean** |") == 2 and page.count("| **worst** |") == 2
-    assert page.count("--seed_everything 42") == 1 and "## model.learning_rate=2e-3" in page
+    assert page.count("--seed_everything 42") == 1 and "## model.optimizer.learning_rate=2e-3" in page
 
 
 def test_the_base_model_is_measured_in_the_first_seed_only(grid) -> None:
@@ -94,5 +94,5 @@ def test_a_key_fit_does_not_know_fails_before_any_run_starts(grid, capsys) -> No
     folder, argv = grid
     bad = [*argv[:argv.index("--output_dir")], "--set", "model.learnin_rate=1", "--output_dir", str(folder / "other")]
     assert run_tool("compare", bad) == 2
-    assert "unknown key model.learnin_rate (did you mean model.learning_rate?)" in capsys.readouterr().err
+    assert "unknown key model.learnin_rate (did you mean model.optimizer.learning_rate?)" in capsys.readouterr().err
     assert not (folder / "other").exists()

@@ -31,7 +31,7 @@ def two_process_run(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFacto
         sys.executable, "-m", "src.cli", "fit",
         "--config", str(ROOT / "configs" / "smollm2.yaml"),
         "--model.model_name", str(tiny_model_dir),
-        "--model.max_new_tokens", "6",
+        "--model.generation.max_new_tokens", "6",
         "--data.train_file", str(train),
         "--data.val_file", str(val),
         "--data.batch_size", "2",

@@ -21,8 +21,8 @@ def test_training_stops_when_math_accuracy_stops_improving(tiny_model_dir: Path,
             "fit",
             "--config", str(ROOT / "configs" / "smollm2.yaml"),
             "--model.model_name", str(tiny_model_dir),
-            "--model.learning_rate", "1e-6",  # a random tiny model stays at 0%: a plateau from the start
-            "--model.max_new_tokens", "4",
+            "--model.optimizer.learning_rate", "1e-6",  # a random tiny model stays at 0%: a plateau from the start
+            "--model.generation.max_new_tokens", "4",
             "--data.train_file", str(train),
             "--data.val_file", str(val),
             "--data.batch_size", "2",

@@ -52,7 +52,7 @@ def fit_args(model_dir: Path, run: Path, train: Path, val: Path) -> list[str]:
     return [
         "fit", "--config", str(CONFIG),
         "--model.model_name", str(model_dir),
-        "--model.max_new_tokens", "4",
+        "--model.generation.max_new_tokens", "4",
         "--model.evaluate_base", "false",
         "--data.train_file", str(train),
         "--data.val_file", str(val),
@@ -102,7 +102,7 @@ CASES: list[tuple[str, Case, str, int]] = [
     (
         "unknown key in a config file",
         lambda tmp, args: [*args, "--config", with_config(tmp, "model:\n  lora_rr: 8\n")],
-        "{tmp}/overlay.yaml:2: unknown key model.lora_rr (did you mean model.lora_r?); " + HELP,
+        "{tmp}/overlay.yaml:2: unknown key model.lora_rr (did you mean model.lora.r?); " + HELP,
         2,
     ),
     (
@@ -126,7 +126,7 @@ CASES: list[tuple[str, Case, str, int]] = [
     ),
     (
         "config file that is not valid YAML",
-        lambda tmp, args: [*args, "--config", with_config(tmp, "model:\n  lora_r: [1\n")],
+        lambda tmp, args: [*args, "--config", with_config(tmp, "model:\n  seed: [1\n")],
         "{tmp}/overlay.yaml:3: invalid YAML: expected ',' or ']', but got '<stream end>'; "
         "fix the syntax (indentation, brackets, quotes)",
         2,
@@ -248,9 +248,9 @@ CASES: list[tuple[str, Case, str, int]] = [
     (
         "learning rate that makes training diverge",
         # Validation (and so an adapter save) only after the step that diverges.
-        lambda tmp, args: [*args, "--model.learning_rate", "1e30", "--trainer.val_check_interval", "3"],
+        lambda tmp, args: [*args, "--model.optimizer.learning_rate", "1e30", "--trainer.val_check_interval", "3"],
         "Training stopped at step 1: the training loss is nan. The likely cause is a learning rate too high for this "
-        "model (model.learning_rate=1e+30): lower it, e.g. tenfold, and keep trainer.gradient_clip_val set. Adapters "
+        "model (model.optimizer.learning_rate=1e+30): lower it, e.g. tenfold, and keep trainer.gradient_clip_val set. Adapters "
         "saved before this step were not touched.",
         1,
     ),
@@ -363,14 +363,14 @@ def test_a_hub_model_without_network_names_the_offline_choices(tmp_path: Path) -
 def test_out_of_range_settings_are_refused_together_and_leave_no_log_folder(
     tiny_model_dir: Path, run_dir: Path, tmp_path: Path, capsys
 ) -> None:
-    args = [*good_args(tiny_model_dir, run_dir, tmp_path), "--model.lora_r", "-4", "--data.batch_size", "0"]
+    args = [*good_args(tiny_model_dir, run_dir, tmp_path), "--model.lora.r", "-4", "--data.batch_size", "0"]
     args[0] = "validate"
     before = versions(run_dir)
     code = main(args)
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err
     assert "error: 2 settings are out of range" in err
-    assert "  model.lora_r: -4; expected an integer >= 1" in err and "  data.batch_size: 0; expected an integer >= 1" in err
+    assert "  model.lora.r: -4; expected an integer >= 1" in err and "  data.batch_size: 0; expected an integer >= 1" in err
     assert versions(run_dir) == before
 
 

@@ -24,7 +24,7 @@ def fit_args(model_dir: Path, run_dir: Path, rows: int) -> list[str]:
     return [
         "--config", str(CONFIG),
         "--model.model_name", str(model_dir),
-        "--model.max_new_tokens", "4",
+        "--model.generation.max_new_tokens", "4",
         "--data.train_file", str(train),
         "--data.val_file", str(val),
         "--data.eval_batch_size", "6",
@@ -46,21 +46,28 @@ def test_lr_find_suggests_a_finite_rate_plots_it_and_writes_it_into_a_config(tin
     assert (tmp_path / "find" / "lr_find.png").stat().st_size > 0
     config = yaml.safe_load(written.read_text())
     original = yaml.safe_load(CONFIG.read_text())
-    assert config["model"]["learning_rate"] == pytest.approx(curve["suggestion"], rel=1e-2)
-    assert {k: v for k, v in config["model"].items() if k != "learning_rate"} == {
-        k: v for k, v in original["model"].items() if k != "learning_rate"
-    }
+    assert config["model"]["optimizer"].pop("learning_rate") == pytest.approx(curve["suggestion"], rel=1e-2)
+    original["model"]["optimizer"].pop("learning_rate")
+    assert config["model"] == original["model"]
     assert config["data"] == original["data"] and config["trainer"] == original["trainer"]
     assert "# lr-find suggestion" in written.read_text()
 
 
 def test_the_learning_rate_line_is_replaced_or_added_and_nothing_else_changes() -> None:
-    text = "# header\nmodel:\n  lora_r: 8\n  learning_rate: 1.0e-3  # why\ndata:\n  learning_rate: 5\n"
+    text = "# header\nmodel:\n  seed: 8\n  optimizer:\n    learning_rate: 1.0e-3  # why\n    name: adamw\ndata:\n  learning_rate: 5\n"
     assert with_learning_rate(text, 2e-4, "note") == (
-        "# header\nmodel:\n  lora_r: 8\n  learning_rate: 2.00e-04  # note\ndata:\n  learning_rate: 5\n"
+        "# header\nmodel:\n  seed: 8\n  optimizer:\n    learning_rate: 2.00e-04  # note\n    name: adamw\n"
+        "data:\n  learning_rate: 5\n"
     )
-    assert with_learning_rate("model:\n  lora_r: 8\n", 2e-4, "n") == "model:\n  learning_rate: 2.00e-04  # n\n  lora_r: 8\n"
-    assert yaml.safe_load(with_learning_rate("data: {}\n", 3e-3, "n")) == {"data": {}, "model": {"learning_rate": 3e-3}}
+    assert with_learning_rate("model:\n  optimizer:\n    name: adamw\n", 2e-4, "n") == (
+        "model:\n  optimizer:\n    learning_rate: 2.00e-04  # n\n    name: adamw\n"
+    )
+    assert with_learning_rate("model:\n  seed: 8\n", 2e-4, "n") == (
+        "model:\n  optimizer:\n    learning_rate: 2.00e-04  # n\n  seed: 8\n"
+    )
+    assert yaml.safe_load(with_learning_rate("data: {}\n", 3e-3, "n")) == {
+        "data": {}, "model": {"optimizer": {"learning_rate": 3e-3}}
+    }
 
 
 def test_lr_sweep_trains_each_rate_for_the_same_budget_and_reports_math_accuracy(tiny_model_dir, tmp_path) -> None:

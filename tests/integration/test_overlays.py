@@ -59,7 +59,7 @@ def test_fsdp_trains_and_rank_zero_saves_a_loadable_adapter(tiny_model_dir: Path
     command = [
         sys.executable, "-m", "src.cli", "fit", "--config", str(ROOT / "configs" / "smollm2.yaml"),
         "--config", str(ROOT / "configs" / "overlays" / "fsdp.yaml"),
-        "--model.model_name", str(tiny_model_dir), "--model.max_new_tokens", "4",
+        "--model.model_name", str(tiny_model_dir), "--model.generation.max_new_tokens", "4",
         "--data.train_file", str(tmp_path / "train.jsonl"), "--data.val_file", str(tmp_path / "val.jsonl"),
         "--trainer.devices", "1", "--trainer.precision", "bf16-mixed", "--trainer.max_steps", "4",
         "--trainer.val_check_interval", "4", "--trainer.default_root_dir", str(tmp_path),

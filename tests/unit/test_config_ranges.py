@@ -3,6 +3,7 @@ values outside it are refused together, each named with its key, value and range
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 
 import pytest
@@ -15,30 +16,30 @@ from src.training.tutor_module import TutorModule
 
 # Settings that are paths, names, free text, flags or mappings: no range to check.
 MODEL_FREE = {"model_name", "gguf_file", "tokenizer_name", "random_init", "architecture", "architecture_overrides",
-              "adapter_path", "target_modules", "use_rslora", "use_dora", "retention_dir", "gradient_checkpointing", "compile", "evaluate_base",
-              "system_prompt", "chat_template", "packing"}
+              "adapter_path", "lora.target_modules", "lora.use_rslora", "lora.use_dora", "retention.dir",
+              "gradient_checkpointing", "compile", "evaluate_base", "system_prompt", "chat_template", "packing"}
 DATA_FREE = {"train_file", "val_file", "replay_file", "system_prompt", "chat_template", "packing", "extra_math_files",
              "grade_from_answers", "cache_dir", "model_name", "gguf_file", "tokenizer_name"}
 
 # key: (accepted values, refused values)
 MODEL_CASES = {
-    "lora_r": ([1, 64], [0, -4, 2.5, True]),
-    "lora_alpha": ([0.5, 32], [0, -1, float("nan")]),
-    "lora_dropout": ([0.0, 0.5], [1.0, -0.1]),
-    "lora_layers": ([None, [0, 3]], [[-1], [1, 1], [0.5]]),
-    "lora_init": ([True, "gaussian", "pissa", "pissa_niter_4"], [False, "olora", "pissa_niter_x"]),
+    "lora.r": ([1, 64], [0, -4, 2.5, True]),
+    "lora.alpha": ([0.5, 32], [0, -1, float("nan")]),
+    "lora.dropout": ([0.0, 0.5], [1.0, -0.1]),
+    "lora.layers": ([None, [0, 3]], [[-1], [1, 1], [0.5]]),
+    "lora.init": ([True, "gaussian", "pissa", "pissa_niter_4"], [False, "olora", "pissa_niter_x"]),
     "attn_implementation": ([None, "sdpa", "eager"], ["flash", ""]),
     "quantization": ([None, "nf4", "int8"], ["fp4"]),
-    "optimizer": (["adamw", "paged_adamw_8bit"], ["sgd"]),
-    "learning_rate": ([1e-3], [0, -1e-3, float("inf")]),
-    "loraplus_lr_ratio": ([None, 16.0], [0, -2.0, float("nan")]),
-    "weight_decay": ([0.0, 0.1], [-0.01]),
-    "warmup_ratio": ([0.0, 0.1], [1.0, -0.5]),
-    "lr_scheduler": (["cosine", "linear", "constant"], ["cosine_annealing", "reduce_lr_on_plateau"]),
-    "max_new_tokens": ([1, 64], [0, -1]),
-    "retention_eval_size": ([None, 1, 64], [0, -1]),
-    "retention_base_size": ([None, 8], [0]),
-    "wrong_answers_logged": ([0, 5], [-1]),
+    "optimizer.name": (["adamw", "paged_adamw_8bit"], ["sgd"]),
+    "optimizer.learning_rate": ([1e-3], [0, -1e-3, float("inf")]),
+    "optimizer.loraplus_lr_ratio": ([None, 16.0], [0, -2.0, float("nan")]),
+    "optimizer.weight_decay": ([0.0, 0.1], [-0.01]),
+    "optimizer.warmup_ratio": ([0.0, 0.1], [1.0, -0.5]),
+    "optimizer.lr_scheduler": (["cosine", "linear", "constant"], ["cosine_annealing", "reduce_lr_on_plateau"]),
+    "generation.max_new_tokens": ([1, 64], [0, -1]),
+    "generation.wrong_answers_logged": ([0, 5], [-1]),
+    "retention.eval_size": ([None, 1, 64], [0, -1]),
+    "retention.base_size": ([None, 8], [0]),
     "seed": ([0, 2**32 - 1], [-1, 2**32]),
 }
 DATA_CASES = {
@@ -69,7 +70,14 @@ CALLBACK_CASES = {
 
 
 def settings(cls: type) -> set[str]:
-    return {name for name in inspect.signature(cls.__init__).parameters if name != "self"}
+    """Each argument of `cls`, and each field of a grouped argument as `group.field`."""
+    names = set()
+    for name, parameter in inspect.signature(cls.__init__).parameters.items():
+        if dataclasses.is_dataclass(parameter.default):
+            names |= {f"{name}.{field.name}" for field in dataclasses.fields(parameter.default)}
+        elif name != "self":
+            names.add(name)
+    return names
 
 
 def test_every_numeric_and_choice_setting_of_model_and_data_has_a_range() -> None:
@@ -82,7 +90,10 @@ def test_every_project_callback_setting_with_a_range_has_cases() -> None:
 
 
 def config(section: str, key: str, value) -> Namespace:
-    return Namespace(**{section: Namespace(**{key: value})})
+    """`{section: {key: value}}`, a dotted `key` (`lora.r`) as a group inside the section."""
+    group, _, name = key.rpartition(".")
+    values = Namespace(**{group: Namespace(**{name: value})}) if group else Namespace(**{key: value})
+    return Namespace(**{section: values})
 
 
 @pytest.mark.parametrize(("section", "key", "accepted", "refused"),
@@ -113,14 +124,15 @@ def test_each_callback_setting_is_checked_where_the_callback_is_listed(target, a
 
 
 def test_all_problems_are_reported_together_in_one_error() -> None:
-    bad = Namespace(model=Namespace(lora_r=-4, learning_rate=0.0), data=Namespace(batch_size=0))
+    bad = Namespace(model=Namespace(lora=Namespace(r=-4), optimizer=Namespace(learning_rate=0.0)),
+                    data=Namespace(batch_size=0))
     with pytest.raises(ConfigurationError) as error:
         check_ranges(bad)
     message = str(error.value)
     assert message.splitlines() == [
         "3 settings are out of range (set them in the config or with --<key> <value>):",
-        "  model.lora_r: -4; expected an integer >= 1",
-        "  model.learning_rate: 0.0; expected a finite number > 0",
+        "  model.lora.r: -4; expected an integer >= 1",
+        "  model.optimizer.learning_rate: 0.0; expected a finite number > 0",
         "  data.batch_size: 0; expected an integer >= 1",
     ]
 

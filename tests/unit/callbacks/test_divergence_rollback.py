@@ -49,7 +49,7 @@ class Poison(Callback):
 def test_a_nan_rolls_back_to_the_last_snapshot_with_a_lower_learning_rate(tiny_model_dir: Path, tmp_path: Path) -> None:
     poison, rollback = Poison({7}), DivergenceRollback(lr_factor=0.1, max_rollbacks=2, snapshot_every_n_steps=5)
     trainer = make_trainer(tmp_path, 10, [rollback, poison])
-    module = make_module(tiny_model_dir, evaluate_base=False, learning_rate=LEARNING_RATE)
+    module = make_module(tiny_model_dir, evaluate_base=False, optimizer={"learning_rate": LEARNING_RATE})
     with pytest.warns(UserWarning, match=r"Step 6: the training loss is nan\. Rolled back to the weights of step 5 "
                                          r"and lowered the learning rate x0\.1 .*rollback 1 of 2"):
         trainer.fit(module, datamodule=make_datamodule(tiny_model_dir, tmp_path))

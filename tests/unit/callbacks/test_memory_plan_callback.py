@@ -24,7 +24,7 @@ BATCH_SIZE = 4
 
 
 def make_module(model_dir: Path, **kwargs) -> TutorModule:
-    args = dict(lora_r=4, lora_alpha=8, lora_dropout=0.0, max_new_tokens=4)
+    args = dict(lora={"r": 4, "alpha": 8, "dropout": 0.0}, generation={"max_new_tokens": 4})
     return TutorModule(model_name=str(model_dir), **(args | kwargs))
 
 
@@ -45,7 +45,8 @@ def test_the_plan_is_printed_from_the_runs_settings_before_the_model_loads(
     tiny_model_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     plan = MemoryPlan()
-    module = make_module(tiny_model_dir, evaluate_base=False, gradient_checkpointing=True, optimizer="adamw_8bit")
+    module = make_module(tiny_model_dir, evaluate_base=False, gradient_checkpointing=True,
+                         optimizer={"name": "adamw_8bit"})
     built_after_plan = []
     real_configure = module.configure_model
     module.configure_model = lambda: (built_after_plan.append(plan.estimate is not None), real_configure())
@@ -79,7 +80,7 @@ def test_a_run_that_will_not_fit_stops_before_loading_with_ranked_changes(tiny_m
     options = lines[1:-1]
     assert {re.match(r"  \d+\. (\S+):", line).group(1) for line in options} == {
         "model.quantization", "model.gradient_checkpointing", "data.batch_size", "data.max_length",
-        "data.eval_batch_size", "model.optimizer",
+        "data.eval_batch_size", "model.optimizer.name",
     }
     peaks = [float(re.search(r": ([\d.]+) GiB \(still too much\)$", line).group(1)) for line in options]
     assert peaks == sorted(peaks)

@@ -150,15 +150,15 @@ def test_save_adapter_without_pissa_is_plain_save_pretrained(tmp_path: Path) -> 
     ("options", "message"),
     [
         ({"init_lora_weights": "olora", "use_dora": False},
-         "model.lora_init: 'olora' is not supported; expected one of True, \"gaussian\", \"pissa\", "
+         "model.lora.init: 'olora' is not supported; expected one of True, \"gaussian\", \"pissa\", "
          "\"pissa_niter_<n>\" (e.g. pissa_niter_4: PiSSA from 4 subspace iterations, seconds instead of a full SVD)."),
-        ({"init_lora_weights": False, "use_dora": False}, "model.lora_init: False is not supported"),
-        ({"init_lora_weights": "pissa_niter_", "use_dora": False}, "model.lora_init: 'pissa_niter_' is not supported"),
+        ({"init_lora_weights": False, "use_dora": False}, "model.lora.init: False is not supported"),
+        ({"init_lora_weights": "pissa_niter_", "use_dora": False}, "model.lora.init: 'pissa_niter_' is not supported"),
         ({"init_lora_weights": "pissa_niter_4", "use_dora": False, "quantization": "nf4"},
-         "model.lora_init: pissa_niter_4 decomposes the float base weights, but model.quantization is nf4 "
-         "(PEFT's PiSSA runs on float32/16 weights only). Set model.quantization: null or model.lora_init: true."),
+         "model.lora.init: pissa_niter_4 decomposes the float base weights, but model.quantization is nf4 "
+         "(PEFT's PiSSA runs on float32/16 weights only). Set model.quantization: null or model.lora.init: true."),
         ({"init_lora_weights": "pissa", "use_dora": True},
-         "model.lora_init: pissa with model.use_dora: true: DoRA's magnitudes would be taken from the PiSSA residual"),
+         "model.lora.init: pissa with model.lora.use_dora: true: DoRA's magnitudes would be taken from the PiSSA residual"),
     ],
     ids=["unknown", "false", "bad-niter", "pissa-quantized", "pissa-dora"],
 )

@@ -1,4 +1,4 @@
-"""Each `model.optimizer` steps the parameters it is given (8-bit ones with 1-byte moments), and the
+"""Each `model.optimizer.name` steps the parameters it is given (8-bit ones with 1-byte moments), and the
 ones that cannot run here are refused with the setting to use instead."""
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def test_an_unknown_optimizer_is_refused() -> None:
     with pytest.raises(ConfigurationError) as error:
         check_optimizer("sgd", "cpu")
     assert str(error.value) == (
-        "model.optimizer: 'sgd' is not known; expected one of adamw, adamw_fused, adamw_8bit, paged_adamw_8bit."
+        "model.optimizer.name: 'sgd' is not known; expected one of adamw, adamw_fused, adamw_8bit, paged_adamw_8bit."
     )
 
 
@@ -65,8 +65,8 @@ def test_fused_adamw_is_refused_where_torch_has_no_kernel(monkeypatch: pytest.Mo
     with pytest.raises(ConfigurationError) as error:
         check_optimizer("adamw_fused", "cpu")
     assert str(error.value) == (
-        f"model.optimizer: adamw_fused: torch {torch.__version__} has no fused AdamW kernel for cpu parameters "
-        "(it has for cuda). Set model.optimizer: adamw."
+        f"model.optimizer.name: adamw_fused: torch {torch.__version__} has no fused AdamW kernel for cpu parameters "
+        "(it has for cuda). Set model.optimizer.name: adamw."
     )
 
 
@@ -77,7 +77,7 @@ def test_8bit_optimizers_without_bitsandbytes_say_what_to_use_instead(monkeypatc
     with pytest.raises(ConfigurationError) as error:
         check_optimizer("paged_adamw_8bit", "cuda")
     assert str(error.value) == (
-        "model.optimizer: paged_adamw_8bit needs the bitsandbytes package, which is not installed. "
-        "Install it (pip install bitsandbytes==0.50.2) or set model.optimizer: adamw."
+        "model.optimizer.name: paged_adamw_8bit needs the bitsandbytes package, which is not installed. "
+        "Install it (pip install bitsandbytes==0.50.2) or set model.optimizer.name: adamw."
     )
     check_optimizer("adamw", "cuda")

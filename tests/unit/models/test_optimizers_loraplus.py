@@ -1,4 +1,4 @@
-"""LoRA+ (`model.loraplus_lr_ratio`): every `model.optimizer` gives LoRA's B matrices ratio x the
+"""LoRA+ (`model.optimizer.loraplus_lr_ratio`): every `model.optimizer.name` gives LoRA's B matrices ratio x the
 learning rate of A, keeps the weight decay, trains a tiny model, and the schedule keeps the ratio."""
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ def test_a_ratio_that_is_not_positive_is_refused(ratio: float) -> None:
     with pytest.raises(ConfigurationError) as error:
         check_optimizer("adamw", "cpu", loraplus_lr_ratio=ratio)
     assert str(error.value) == (
-        f"model.loraplus_lr_ratio: {ratio} is not a positive number. LoRA+ multiplies B's learning rate by it "
+        f"model.optimizer.loraplus_lr_ratio: {ratio} is not a positive number. LoRA+ multiplies B's learning rate by it "
         "(the paper uses 16; PEFT advises >= 1); set null for plain LoRA."
     )
 
@@ -95,8 +95,8 @@ def test_loraplus_without_lora_b_matrices_is_refused() -> None:
     with pytest.raises(ConfigurationError) as error:
         build_optimizer("adamw", list(weight.parameters()), LR, 0.0, loraplus_lr_ratio=RATIO, model=weight)
     assert str(error.value) == (
-        "model.loraplus_lr_ratio: the model has no trainable LoRA B matrix, so LoRA+ would change nothing. "
-        "Set model.loraplus_lr_ratio: null, or train a LoRA adapter."
+        "model.optimizer.loraplus_lr_ratio: the model has no trainable LoRA B matrix, so LoRA+ would change nothing. "
+        "Set model.optimizer.loraplus_lr_ratio: null, or train a LoRA adapter."
     )
 
 

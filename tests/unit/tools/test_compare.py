@@ -33,14 +33,14 @@ def write_run(log_dir: Path, seed: int, lr: float, best: float, base: float | No
 
 
 def test_set_values_are_parsed_into_a_grid_of_every_combination_for_every_seed() -> None:
-    sets = compare.parse_sets(["model.learning_rate=1e-3,2e-3", "--data.batch_size=2"])
-    assert sets == [("model.learning_rate", ["1e-3", "2e-3"]), ("data.batch_size", ["2"])]
+    sets = compare.parse_sets(["model.optimizer.learning_rate=1e-3,2e-3", "--data.batch_size=2"])
+    assert sets == [("model.optimizer.learning_rate", ["1e-3", "2e-3"]), ("data.batch_size", ["2"])]
     points = compare.grid(sets, compare.parse_seeds("42,1"))
     assert points == [
-        ({"model.learning_rate": "1e-3", "data.batch_size": "2"}, 42),
-        ({"model.learning_rate": "1e-3", "data.batch_size": "2"}, 1),
-        ({"model.learning_rate": "2e-3", "data.batch_size": "2"}, 42),
-        ({"model.learning_rate": "2e-3", "data.batch_size": "2"}, 1),
+        ({"model.optimizer.learning_rate": "1e-3", "data.batch_size": "2"}, 42),
+        ({"model.optimizer.learning_rate": "1e-3", "data.batch_size": "2"}, 1),
+        ({"model.optimizer.learning_rate": "2e-3", "data.batch_size": "2"}, 42),
+        ({"model.optimizer.learning_rate": "2e-3", "data.batch_size": "2"}, 1),
     ]
     assert compare.grid([], [None]) == [({}, None)]
 
@@ -48,20 +48,20 @@ def test_set_values_are_parsed_into_a_grid_of_every_combination_for_every_seed()
 def test_bad_set_syntax_names_each_mistake_and_the_expected_form() -> None:
     with pytest.raises(ConfigurationError) as raised:
         compare.parse_sets([
-            "model.learning_rate", "learning_rate=1e-3", "model.learning_rate=1e-3,", "seed_everything=1",
-            "trainer.default_root_dir=x", "data.batch_size=2,2", "model.lora_r=8", "model.lora_r=16",
+            "model.optimizer.learning_rate", "learning_rate=1e-3", "model.optimizer.learning_rate=1e-3,", "seed_everything=1",
+            "trainer.default_root_dir=x", "data.batch_size=2,2", "model.lora.r=8", "model.lora.r=16",
         ])
     lines = str(raised.value).splitlines()
     assert lines[0] == (
-        "--set 'model.learning_rate': expected --set SECTION.KEY=VALUE[,VALUE...], "
-        "e.g. --set model.learning_rate=1e-3,2e-3 (SECTION is model, data or trainer)"
+        "--set 'model.optimizer.learning_rate': expected --set SECTION.KEY=VALUE[,VALUE...], "
+        "e.g. --set model.optimizer.learning_rate=1e-3,2e-3 (SECTION is model, data or trainer)"
     )
     assert lines[1].startswith("--set 'learning_rate=1e-3': expected --set SECTION.KEY=VALUE")
-    assert lines[2] == "--set 'model.learning_rate=1e-3,': an empty value; expected " + compare.SET_SYNTAX
+    assert lines[2] == "--set 'model.optimizer.learning_rate=1e-3,': an empty value; expected " + compare.SET_SYNTAX
     assert "seed_everything is set by the comparison for each run; give seeds with --seeds" in lines[3]
     assert "trainer.default_root_dir is set by the comparison" in lines[4]
     assert lines[5] == "--set 'data.batch_size=2,2': a value is repeated"
-    assert lines[6] == "--set 'model.lora_r=16': model.lora_r is given twice; list all its values in one --set"
+    assert lines[6] == "--set 'model.lora.r=16': model.lora.r is given twice; list all its values in one --set"
     assert len(lines) == 7
 
 
@@ -74,13 +74,13 @@ def test_bad_seeds_are_refused() -> None:
 
 
 def test_a_runs_fit_options_carry_its_setting_seed_and_own_folder(tmp_path: Path) -> None:
-    args = compare.fit_arguments(["--config", "c.yaml"], {"model.learning_rate": "2e-3"}, 7, tmp_path, False)
+    args = compare.fit_arguments(["--config", "c.yaml"], {"model.optimizer.learning_rate": "2e-3"}, 7, tmp_path, False)
     assert args == [
-        "--config", "c.yaml", "--model.learning_rate", "2e-3", "--seed_everything", "7",
+        "--config", "c.yaml", "--model.optimizer.learning_rate", "2e-3", "--seed_everything", "7",
         "--model.evaluate_base", "false",
         "--trainer.default_root_dir", str(tmp_path), "--trainer.logger.init_args.save_dir", str(tmp_path),
     ]
-    assert compare.setting_folder({"model.learning_rate": "1e-3", "data.batch_size": "2"}) == "learning_rate=1e-3_batch_size=2"
+    assert compare.setting_folder({"model.optimizer.learning_rate": "1e-3", "data.batch_size": "2"}) == "learning_rate=1e-3_batch_size=2"
     assert compare.setting_folder({}) == "default"
 
 
@@ -97,9 +97,9 @@ def test_finished_runs_are_read_grouped_by_what_differs_and_by_seed(tmp_path: Pa
     write_run(tmp_path / "c" / "lightning_logs" / "version_0", 42, 2e-3, 1.0, base=0.25)
     runs = compare.read_runs([str(tmp_path)])
     assert [(r.seed, r.setting, r.summary["held_out"]["val"]["best"]) for r in runs] == [
-        (42, {"model.learning_rate": "0.001"}, 0.5),
-        (1, {"model.learning_rate": "0.001"}, 0.75),
-        (42, {"model.learning_rate": "0.002"}, 1.0),
+        (42, {"model.optimizer.learning_rate": "0.001"}, 0.5),
+        (1, {"model.optimizer.learning_rate": "0.001"}, 0.75),
+        (42, {"model.optimizer.learning_rate": "0.002"}, 1.0),
     ]
     assert all(r.reused for r in runs)
     config = tmp_path / "a" / "lightning_logs" / "version_0" / "config.yaml"

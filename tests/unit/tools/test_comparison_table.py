@@ -67,14 +67,14 @@ def test_training_time_worst_is_the_longest_and_tokens_are_kept(two_seeds) -> No
 
 
 def test_settings_are_grouped_in_order_of_first_appearance() -> None:
-    low, high = {"model.learning_rate": "1e-3"}, {"model.learning_rate": "2e-3"}
+    low, high = {"model.optimizer.learning_rate": "1e-3"}, {"model.optimizer.learning_rate": "2e-3"}
     runs = [
         run(42, low, summary=summary({"add": 1.0, "sub": 1.0}, {"add": 1.0, "sub": 1.0}, 10.0, 5, base=True)),
         run(42, high, summary=summary({"add": 0.0, "sub": 0.0}, {"add": 0.0, "sub": 0.0}, 10.0, 5, base=True)),
         run(1, low, summary=summary({"add": 0.5, "sub": 0.5}, {"add": 0.5, "sub": 0.5}, 10.0, 5, base=False)),
     ]
     settings = comparison(runs, CONTEXT)["settings"]
-    assert [s["label"] for s in settings] == ["model.learning_rate=1e-3", "model.learning_rate=2e-3"]
+    assert [s["label"] for s in settings] == ["model.optimizer.learning_rate=1e-3", "model.optimizer.learning_rate=2e-3"]
     assert [r["seed"] for r in settings[0]["held_out"]["val"]["per_seed"]] == [42, 1]
     assert settings[0]["held_out"]["val"]["overall"] == {"mean": 0.75, "worst": 0.5}
     assert settings[1]["held_out"]["val"]["overall"] == {"mean": 0.0, "worst": 0.0}
@@ -108,5 +108,5 @@ def test_the_markdown_names_machine_commit_commands_and_every_row(two_seeds) -> 
 
 
 def test_a_setting_label_lists_its_keys_in_order() -> None:
-    assert setting_label({"model.learning_rate": "1e-3", "data.batch_size": "4"}) == "model.learning_rate=1e-3, data.batch_size=4"
+    assert setting_label({"model.optimizer.learning_rate": "1e-3", "data.batch_size": "4"}) == "model.optimizer.learning_rate=1e-3, data.batch_size=4"
     assert setting_label({}) == "the config as given"

@@ -29,9 +29,17 @@ BATCH_SIZE = 4
 
 
 
+TINY_SETTINGS = {
+    "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
+    "optimizer": {"learning_rate": 1e-2, "warmup_ratio": 0.0},
+    "generation": {"max_new_tokens": 4},
+}
+
+
 def make_module(model_dir: Path, **kwargs: Any) -> TutorModule:
-    args = dict(lora_r=4, lora_alpha=8, lora_dropout=0.0, max_new_tokens=4, learning_rate=1e-2, warmup_ratio=0.0)
-    return TutorModule(model_name=str(model_dir), **(args | kwargs))
+    """A module on the tiny model; a grouped setting given here (e.g. `lora={"use_dora": True}`) adds to the group."""
+    groups = {name: values | kwargs.pop(name, {}) for name, values in TINY_SETTINGS.items()}
+    return TutorModule(model_name=str(model_dir), **groups, **kwargs)
 
 
 def make_datamodule(model_dir: Path, folder: Path) -> TutorDataModule:
@@ -155,15 +163,15 @@ def test_a_generation_budget_shorter_than_a_reference_answer_is_warned_about(
     tiny_model_dir: Path, tmp_path: Path, max_new_tokens: int, warned: bool
 ) -> None:
     # The reference answers ("3 + 1 = 4.\nRespuesta: 4") take more than 4 tokens and fewer than 64.
-    module = make_module(tiny_model_dir, max_new_tokens=max_new_tokens)
+    module = make_module(tiny_model_dir, generation={"max_new_tokens": max_new_tokens})
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         make_trainer(tmp_path, 1).validate(module, datamodule=make_datamodule(tiny_model_dir, tmp_path), verbose=False)
-    cut = [str(w.message) for w in caught if "model.max_new_tokens" in str(w.message)]
+    cut = [str(w.message) for w in caught if "model.generation.max_new_tokens" in str(w.message)]
     if warned:
         assert len(cut) == 1
-        assert f"model.max_new_tokens is {max_new_tokens}" in cut[0] and "train.jsonl" in cut[0]
-        assert "Set model.max_new_tokens to at least" in cut[0]
+        assert f"model.generation.max_new_tokens is {max_new_tokens}" in cut[0] and "train.jsonl" in cut[0]
+        assert "Set model.generation.max_new_tokens to at least" in cut[0]
     else:
         assert cut == []
 
@@ -255,7 +263,7 @@ def test_nan_loss_stops_training_and_leaves_saved_adapters(
         trainer.fit(module, datamodule=make_datamodule(tiny_model_dir, tmp_path))
     message = str(error.value)
     assert "Training stopped at step 0: the training loss is nan" in message
-    assert "model.learning_rate=0.01" in message
+    assert "model.optimizer.learning_rate=0.01" in message
     assert folder_bytes(saved_adapter) == saved
 
 
@@ -265,10 +273,10 @@ def test_huge_learning_rate_stops_training_and_leaves_saved_adapters(
     saved = folder_bytes(saved_adapter)
     L.seed_everything(0)
     trainer = make_trainer(tmp_path, 5, [AdapterCheckpoint(dirpath=str(saved_adapter))])
-    module = make_module(tiny_model_dir, learning_rate=1e6, evaluate_base=False)
+    module = make_module(tiny_model_dir, optimizer={"learning_rate": 1e6}, evaluate_base=False)
     with pytest.raises(NonFiniteTrainingError, match=r"Training stopped at step [1-4]: the .* is (nan|inf)") as error:
         trainer.fit(module, datamodule=make_datamodule(tiny_model_dir, tmp_path))
-    assert "model.learning_rate=1000000.0" in str(error.value)
+    assert "model.optimizer.learning_rate=1000000.0" in str(error.value)
     assert folder_bytes(saved_adapter) == saved
 
 

@@ -36,7 +36,7 @@ def test_the_second_run_reuses_the_base_answers_and_any_change_recomputes(tiny_m
     assert generated > 0
     second, generated = base_run(tiny_model_dir, tmp_path, monkeypatch)
     assert generated == 0 and second == first
-    _, generated = base_run(tiny_model_dir, tmp_path, monkeypatch, max_new_tokens=5)  # another budget
+    _, generated = base_run(tiny_model_dir, tmp_path, monkeypatch, generation={"max_new_tokens": 5})  # another budget
     assert generated > 0
     _, generated = base_run(tiny_model_dir, tmp_path, monkeypatch, system_prompt="Be brief.")  # another prompt format
     assert generated > 0

@@ -17,14 +17,14 @@ def fit_two_steps(module, model_dir: Path, folder: Path) -> None:
 
 
 def test_rslora_scales_the_update_by_alpha_over_root_r(tiny_model_dir: Path) -> None:
-    module = make_module(tiny_model_dir, lora_r=4, lora_alpha=8, use_rslora=True)
+    module = make_module(tiny_model_dir, lora={"r": 4, "alpha": 8, "use_rslora": True})
     module.configure_model()
     layer = next(m for m in module.model.modules() if hasattr(m, "scaling") and isinstance(m.scaling, dict))
     assert layer.scaling["default"] == pytest.approx(8 / 4**0.5)
 
 
 def test_dora_adds_magnitude_vectors_and_trains(tiny_model_dir: Path, tmp_path: Path) -> None:
-    module = make_module(tiny_model_dir, use_dora=True)
+    module = make_module(tiny_model_dir, lora={"use_dora": True})
     module.configure_model()
     magnitudes = [n for n, p in module.named_parameters() if "lora_magnitude_vector" in n and p.requires_grad]
     assert magnitudes
@@ -35,7 +35,7 @@ def test_dora_adds_magnitude_vectors_and_trains(tiny_model_dir: Path, tmp_path: 
 
 
 def test_pissa_initialisation_moves_the_principal_part_into_the_adapter(tiny_model_dir: Path, tmp_path: Path) -> None:
-    module = make_module(tiny_model_dir, lora_init="pissa_niter_2")
+    module = make_module(tiny_model_dir, lora={"init": "pissa_niter_2"})
     module.configure_model()
     lora_b = [p for n, p in module.named_parameters() if "lora_B" in n]
     assert lora_b and all(p.abs().sum() > 0 for p in lora_b)  # PiSSA's B is not zero, unlike the default init
@@ -43,7 +43,7 @@ def test_pissa_initialisation_moves_the_principal_part_into_the_adapter(tiny_mod
 
 
 def test_loraplus_gives_b_its_ratio_of_the_learning_rate(tiny_model_dir: Path, tmp_path: Path) -> None:
-    module = make_module(tiny_model_dir, learning_rate=1e-3, loraplus_lr_ratio=16.0)
+    module = make_module(tiny_model_dir, optimizer={"learning_rate": 1e-3, "loraplus_lr_ratio": 16.0})
     trainer = make_trainer(tmp_path, 1)
     trainer.fit(module, datamodule=make_datamodule(tiny_model_dir, tmp_path))
     names = {id(p): n for n, p in module.named_parameters()}
@@ -56,5 +56,5 @@ def test_loraplus_gives_b_its_ratio_of_the_learning_rate(tiny_model_dir: Path, t
 
 
 def test_pissa_with_dora_is_refused_before_the_model_loads(tiny_model_dir: Path) -> None:
-    with pytest.raises(ConfigurationError, match="model.lora_init: pissa_niter_4 with model.use_dora: true"):
-        make_module(tiny_model_dir, lora_init="pissa_niter_4", use_dora=True).configure_model()
+    with pytest.raises(ConfigurationError, match="model.lora.init: pissa_niter_4 with model.lora.use_dora: true"):
+        make_module(tiny_model_dir, lora={"init": "pissa_niter_4", "use_dora": True}).configure_model()

@@ -21,7 +21,7 @@ from test_tutor_module import make_datamodule, make_module, make_trainer, snapsh
 def qlora_fit(tiny_nf4_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     folder = tmp_path_factory.mktemp("qlora")
     L.seed_everything(0)
-    module = make_module(tiny_nf4_model_dir, quantization="nf4", optimizer="paged_adamw_8bit", gradient_checkpointing=True)
+    module = make_module(tiny_nf4_model_dir, quantization="nf4", optimizer={"name": "paged_adamw_8bit"}, gradient_checkpointing=True)
     module.configure_model()
     before = snapshot(module)
     adapters = AdapterCheckpoint(dirpath=str(folder / "adapters"), monitor="val/loss", mode="min")

@@ -41,7 +41,7 @@ def write_retention_folder(folder: Path, tiny_model_dir: Path) -> Path:
 
 def test_a_run_measures_retention_for_base_and_adapter_and_reports_both(tiny_model_dir: Path, tmp_path: Path) -> None:
     folder = write_retention_folder(tmp_path / "retention", tiny_model_dir)
-    module = make_module(tiny_model_dir, retention_dir=str(folder), retention_eval_size=None)
+    module = make_module(tiny_model_dir, retention={"dir": str(folder), "eval_size": None})
     report = RunReport(dirpath=str(tmp_path / "report"), sample_questions=[])
     checkpoints = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, save_top_k=0)
     trainer = make_trainer(tmp_path, 3, [report, checkpoints], val_check_interval=3)
@@ -63,7 +63,7 @@ def test_a_run_measures_retention_for_base_and_adapter_and_reports_both(tiny_mod
 
 def test_validate_measures_the_base_from_the_reply_cache_when_no_training_ran(tiny_model_dir: Path, tmp_path: Path) -> None:
     folder = write_retention_folder(tmp_path / "retention", tiny_model_dir)
-    module = make_module(tiny_model_dir, retention_dir=str(folder))
+    module = make_module(tiny_model_dir, retention={"dir": str(folder)})
     trainer = make_trainer(tmp_path, 1)
     trainer.validate(module, datamodule=make_datamodule(tiny_model_dir, tmp_path))
     # A fresh adapter is the base model: it keeps every right answer and is zero KL away.
