@@ -36,6 +36,7 @@ from src.metrics.retention import is_correct
 from src.models.loading import load_base_model
 from src.sources.tokenizer import load_tokenizer
 from src.models.lora import attach_lora
+from src.models.settings import LoraSettings, settings_of
 
 
 def timed(label: str, call: Any, *args: Any) -> tuple[dict[str, float], float]:
@@ -107,9 +108,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     model_args, data = config["model"], config.get("data", {})
     tokenizer = load_tokenizer(model_args["model_name"])
     formatter = ChatFormatter(tokenizer, data.get("system_prompt"), data.get("chat_template"))
-    model = attach_lora(load_base_model(model_args["model_name"], dtype=torch.float32), r=model_args.get("lora_r", 16),
-                        alpha=model_args.get("lora_alpha", 32), dropout=0.0,
-                        target_modules=model_args.get("target_modules", "all-linear"))
+    adapter = settings_of(LoraSettings, model_args.get("lora"))
+    model = attach_lora(load_base_model(model_args["model_name"], dtype=torch.float32), r=adapter.r,
+                        alpha=adapter.alpha, dropout=0.0, target_modules=adapter.target_modules)
     checkable = load_checkable(f"{options.retention_dir}/{CHECKABLE_FILE}")
     open_prompts = [item["prompt"] for item in load_open(f"{options.retention_dir}/{OPEN_FILE}")]
     settings = dict(max_new_tokens=options.max_new_tokens, open_max_new_tokens=options.open_max_new_tokens,
@@ -136,7 +137,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result["untouched"], result["seconds"]["untouched"] = timed("adapter untouched", evaluator.measure_adapter,
                                                                 model, formatter)
     result["seconds"]["train_steps"] = train_steps(model, formatter, data["train_file"], options.train_steps,
-                                                   model_args.get("learning_rate", 1e-3))
+                                                   (model_args.get("optimizer") or {}).get("learning_rate", 1e-3))
     result["trained"], result["seconds"]["trained"] = timed(f"adapter after {options.train_steps} steps",
                                                             evaluator.measure_adapter, model, formatter)
     forget_everything(model)

@@ -59,7 +59,7 @@ def test_every_benchmark_command_builds_the_configured_run() -> None:
         options = parse_args(command)
         assert options.random_init and options.precision == "bf16-mixed"
         hparams = build_cli(options).model.hparams
-        assert hparams.quantization is None and hparams.lora_r == 16 and hparams.target_modules == "all-linear"
+        assert hparams.quantization is None and hparams.lora["r"] == 16 and hparams.lora["target_modules"] == "all-linear"
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the machine without CUDA")

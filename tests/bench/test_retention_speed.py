@@ -23,7 +23,7 @@ def test_every_measurement_runs_on_a_tiny_model(tiny_model_dir: Path, tmp_path: 
     write_jsonl(retention / OPEN_FILE, first_rows(DEFAULT_DIR / OPEN_FILE, 3))
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump({
-        "model": {"model_name": str(tiny_model_dir), "lora_r": 4, "lora_alpha": 8},
+        "model": {"model_name": str(tiny_model_dir), "lora": {"r": 4, "alpha": 8}},
         "data": {"train_file": str(write_jsonl(tmp_path / "train.jsonl", arithmetic_rows(8)))},
     }))
     result = main(["--config", str(config), "--retention_dir", str(retention), "--max_new_tokens", "4",

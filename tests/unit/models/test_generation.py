@@ -30,7 +30,8 @@ CONVERSATIONS: list[list[Message]] = [
 @pytest.fixture(scope="module")
 def tutor(tiny_model_dir: Path) -> TutorModule:
     module = TutorModule(
-        model_name=str(tiny_model_dir), lora_r=4, lora_alpha=8, lora_dropout=0.0, max_new_tokens=MAX_NEW_TOKENS
+        model_name=str(tiny_model_dir), lora={"r": 4, "alpha": 8, "dropout": 0.0},
+        generation={"max_new_tokens": MAX_NEW_TOKENS},
     )
     module.configure_model()
     return module

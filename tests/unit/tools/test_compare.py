@@ -22,7 +22,7 @@ def held_out(best: float, base: float | None) -> dict:
 def write_run(log_dir: Path, seed: int, lr: float, best: float, base: float | None = None) -> Path:
     """A finished run as `fit` leaves it: LightningCLI's config.yaml, RunReport's metrics.json beside the adapters."""
     log_dir.mkdir(parents=True)
-    config = {"seed_everything": seed, "model": {"learning_rate": lr, "lora_r": 16},
+    config = {"seed_everything": seed, "model": {"optimizer": {"learning_rate": lr}, "lora": {"r": 16}},
               "trainer": {"default_root_dir": str(log_dir), "max_steps": 5}}
     (log_dir / "config.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
     (log_dir / "adapters").mkdir()
