@@ -48,10 +48,10 @@ class DivergenceRollback(Callback):
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if not isinstance(pl_module, HandlesDivergence):
-            raise TypeError(f"DivergenceRollback needs a module with divergence_handlers; {type(pl_module).__name__} has none")
+            raise TypeError(f"DivergenceRollback needs a module with a divergence policy; {type(pl_module).__name__} has none")
         handle = self._handler(trainer, pl_module)
-        if not any(getattr(h, "rollback", None) is self for h in pl_module.divergence_handlers):
-            pl_module.divergence_handlers.insert(0, handle)  # before any handler that only records or stops
+        if not any(getattr(h, "rollback", None) is self for h in pl_module.divergence.handlers):
+            pl_module.divergence.handlers.insert(0, handle)  # before any handler that only records or stops
 
     def _handler(self, trainer: Trainer, pl_module: LightningModule):
         def handle(what: str, value: float) -> bool:

@@ -89,7 +89,7 @@ class PlainProgress(ProgressBar):
         if loss is not None:
             parts.append(f"loss {float(loss):.4f}")
         tutor = pl_module if isinstance(pl_module, ReportedTutor) else None
-        tokens, seconds = (tutor.train_tokens_seen, tutor.train_seconds) if tutor else (0, 0.0)
+        tokens, seconds = (tutor.progress.tokens, tutor.progress.seconds) if tutor else (0, 0.0)
         if tokens and seconds:
             parts.append(f"{tokens / seconds:,.0f} tokens/s")  # real (unpadded) tokens over time in steps
         parts.append(f"elapsed {duration(now - self._fit_started)}")

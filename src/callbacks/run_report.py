@@ -205,8 +205,8 @@ class RunReport(Callback):
         duration = self._duration_s if self._duration_s is not None else time.perf_counter() - self._t0
         # A module without the ReportedTutor contract gets a summary of what Lightning itself knows.
         tutor = pl_module if isinstance(pl_module, ReportedTutor) else None
-        examples = tutor.train_examples_seen if tutor else None
-        tokens = tutor.train_tokens_seen if tutor else None
+        examples = tutor.progress.examples if tutor else None
+        tokens = tutor.progress.tokens if tutor else None
         model = tutor.model if tutor and tutor.model is not None else pl_module
         params = sum(p.numel() for p in model.parameters())
 
@@ -239,7 +239,7 @@ class RunReport(Callback):
             "total_steps": trainer.global_step,
             "duration_s": duration,
             # Optimizer steps only: validation, generation and the base-model evaluation excluded.
-            "train_time_s": tutor.train_seconds if tutor else None,
+            "train_time_s": tutor.progress.seconds if tutor else None,
             "samples_per_sec": examples / duration if examples is not None and duration > 0 else None,
             "steps_per_sec": trainer.global_step / duration if duration > 0 else None,
             "train_examples_seen": examples,

@@ -33,6 +33,7 @@ from src.data.retention import CHECKABLE_FILE, OPEN_FILE, CheckableItem, load_ch
 from src.errors import TutorTuneError
 from src.evaluation.kl import reply_batches, teacher_forced_rows
 from src.evaluation.reply_cache import ReplyCache, cached_base_replies, greedy_replies
+from src.evaluation.settings import RetentionSettings
 from src.metrics.retention import RepeatedNgrams, RetentionAccuracy, is_correct, kept_share
 
 log = logging.getLogger(__name__)
@@ -99,6 +100,11 @@ class RetentionEvaluator:
         open_prompts = [item["prompt"] for item in load_open(folder / OPEN_FILE)]
         return cls(checkable, open_prompts, eval_size=eval_size, checkable_size=base_size, seed=seed,
                    cache=ReplyCache(), **kwargs)
+
+    @classmethod
+    def from_settings(cls, settings: RetentionSettings, seed: int) -> RetentionEvaluator | None:
+        """The evaluator `model.retention.*` asks for; None when no `dir` is set (not measured)."""
+        return cls.from_folder(settings.dir, settings.eval_size, seed, settings.base_size) if settings.dir else None
 
     # ----------------------------------------------------------------------------- the base model
     def measure_base(

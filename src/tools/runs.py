@@ -51,4 +51,4 @@ def lenient_on_divergence(module: TutorModule, trainer: Trainer) -> None:
         trainer.should_stop = True
         return True  # handled: the step is skipped and the run ends
 
-    module.divergence_handlers.append(stop)
+    module.divergence.handlers.append(stop)

@@ -6,23 +6,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
 import torch
 
 from src.data.conversation import Message
-
-DivergenceHandler = Callable[[str, float], bool]
-"""Called with what became non-finite ("training loss", "gradient norm") and its value; returns True when it
-dealt with it (the step is skipped), False to let the next handler, or finally the module's error, decide."""
+from src.training.divergence import DivergencePolicy
+from src.training.progress import TrainProgress
 
 
 @runtime_checkable
 class HandlesDivergence(Protocol):
-    """A module that asks its `divergence_handlers`, in order, before stopping on a NaN/Inf loss or gradient."""
+    """A module whose `divergence` policy asks its handlers, in order, before stopping on a NaN/Inf loss or gradient."""
 
-    divergence_handlers: list[DivergenceHandler]
+    divergence: DivergencePolicy
 
 
 @runtime_checkable
@@ -31,9 +28,7 @@ class ReportedTutor(Protocol):
 
     math_sets: list[str]
     base_math_metrics: dict[str, float] | None
-    train_tokens_seen: int
-    train_examples_seen: int
-    train_seconds: float
+    progress: TrainProgress
     model: torch.nn.Module | None
 
     def generate_replies(self, conversations: list[list[Message]], batch_size: int = 16) -> list[str]: ...

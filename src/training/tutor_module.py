@@ -1,13 +1,13 @@
 """`TutorModule`: a causal LM with LoRA, trained on answers and judged by the answers it generates.
 
 The hooks live here; the model is assembled by `src.models.builder`, answers are generated and graded
-by `src.evaluation`, and a divergence is handed to the module's `divergence_handlers` before it stops.
+by `src.evaluation`, the base model's pass is `src.training.base_model_pass`, a NaN/Inf goes to the
+module's `divergence` policy (`src.training.divergence`) and the run's totals are its `progress`.
 """
 
 from __future__ import annotations
 
 import math
-import time
 from typing import Any
 
 import lightning as L
@@ -15,13 +15,9 @@ import torch
 from lightning.pytorch.utilities import grad_norm
 from torchmetrics import MeanMetric
 
-from src.data.collate import count_tokens_and_examples
 from src.data.conversation import Message
-from src.data.replay import REPLAY_MAX_NEW_TOKENS
-from src.errors import TutorTuneError
 from src.evaluation.answers import batch_replies, conversation_replies
-from src.evaluation.math_evaluator import LOSS_LOADER, MathEvaluator, evaluate_base, warn_if_replies_are_cut
-from src.evaluation.reply_cache import ReplyCache, base_reply_key, cached_base_replies
+from src.evaluation.math_evaluator import LOSS_LOADER, MathEvaluator, warn_if_replies_are_cut
 from src.evaluation.retention_eval import RetentionEvaluator
 from src.evaluation.settings import GenerationSettings, RetentionSettings
 from src.models.builder import build_tutor_model, check_sources
@@ -31,12 +27,10 @@ from src.models.precision import weight_dtype
 from src.models.quantization import Quantization
 from src.models.settings import LoraSettings, OptimizerSettings, settings_dict, settings_of
 from src.sources.offline_default import OFFLINE_DEFAULT
-from src.training.contracts import AcceptsReplay, DivergenceHandler
-
-
-class NonFiniteTrainingError(TutorTuneError, RuntimeError):
-    """The loss or gradient norm became NaN/Inf: continuing would only write a broken adapter."""
-
+from src.training.base_model_pass import adapter_retention, base_replay_replies, measure_base_model
+from src.training.contracts import AcceptsReplay
+from src.training.divergence import DivergencePolicy
+from src.training.progress import TrainProgress
 
 SETTING_GROUPS = {
     "lora": LoraSettings, "optimizer": OptimizerSettings, "generation": GenerationSettings, "retention": RetentionSettings
@@ -88,19 +82,11 @@ class TutorModule(L.LightningModule):
         self.strict_loading = False  # checkpoints hold only the trainable LoRA weights (see on_save_checkpoint)
         self.model = self.tokenizer = self.formatter = None
         self.evaluator = MathEvaluator(self.generation.wrong_answers_logged)
-        measured = settings_of(RetentionSettings, retention)
-        self.retention = (
-            RetentionEvaluator.from_folder(measured.dir, measured.eval_size, seed, measured.base_size)
-            if measured.dir else None
-        )
+        self.retention = RetentionEvaluator.from_settings(settings_of(RetentionSettings, retention), seed)
         self.val_loss = MeanMetric()
         self.base_math_metrics: dict[str, float] | None = None
-        self.divergence_handlers: list[DivergenceHandler] = []
-        self.divergences_handled = 0
-        # Lightning's ThroughputMonitor keeps no totals across a resume: the run summary needs these.
-        self.train_tokens_seen = self.train_examples_seen = 0
-        self.train_seconds = 0.0  # time inside training steps, validation and generation excluded
-        self._batch_started, self._step_tokens = 0.0, 0
+        self.divergence = DivergencePolicy()
+        self.progress = TrainProgress()
 
     @property
     def math_sets(self) -> list[str]:
@@ -131,45 +117,25 @@ class TutorModule(L.LightningModule):
         # After configure_model, before the first training loader: replay needs the base model's replies.
         datamodule = self.trainer.datamodule
         if isinstance(datamodule, AcceptsReplay) and datamodule.replay_prompts:
-            with self.trainer.precision_plugin.forward_context():
-                replies = cached_base_replies(self.model, self.formatter, datamodule.replay_prompts,
-                                              REPLAY_MAX_NEW_TOKENS, str(self.trainer.precision), None, "replay",
-                                              ReplyCache())
-            datamodule.add_replay(replies)
+            datamodule.add_replay(base_replay_replies(self, datamodule.replay_prompts))
 
     def on_train_start(self) -> None:
         if self.hparams.evaluate_base and self.global_step == 0 and self.base_math_metrics is None:
             self.base_math_metrics = self.evaluate_base_model()
-            if self.retention is not None:
-                self.base_math_metrics = (self.base_math_metrics or {}) | self._measure_base_retention()
 
     def evaluate_base_model(self) -> dict[str, float] | None:
-        """The untouched base model's math accuracy on every held-out set (None without held-out sets)."""
-        datamodule = self.trainer.datamodule
-        loaders = {name: datamodule.math_dataloader(name) for name in getattr(datamodule, "math_set_names", [])}
-        if not loaders:
-            return None
-        context = self.trainer.precision_plugin.forward_context()
-        precision = str(self.trainer.precision)
-        # The base weights are named by a fingerprint of their values, so a changed local model never hits.
-        key = base_reply_key(self.model, self.formatter, self.generation.max_new_tokens, precision)
-        return evaluate_base(self.evaluator, self.model, loaders, self.answer_batch, context, self.loggers,
-                             ReplyCache(), key)
+        """The untouched base model on every held-out set and the retention set (None: nothing to measure)."""
+        return measure_base_model(self)
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        self._batch_started = time.perf_counter()
+        self.progress.start_batch()
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
         loss = causal_lm_loss(self.model, batch)
         if not torch.isfinite(loss) and self._handled_divergence("training loss", loss.item()):
             return None  # Lightning skips backward and the optimizer step for this batch
-        # Counted here, not in on_train_batch_end: callbacks' on_train_batch_end (ModelCheckpoint) runs before
-        # the module's. Summed over data-parallel processes (one all-reduce); padding excluded, packed rows split.
-        local = torch.tensor(count_tokens_and_examples(batch), dtype=torch.long)
-        tokens, examples = (int(n) for n in self.trainer.strategy.reduce(local, reduce_op="sum"))
-        self._step_tokens = tokens
-        self.train_tokens_seen += tokens
-        self.train_examples_seen += examples
+        # Counted here: callbacks' on_train_batch_end (ModelCheckpoint) runs before the module's.
+        self.progress.count(batch, self.trainer.strategy)
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
         return loss
@@ -183,35 +149,11 @@ class TutorModule(L.LightningModule):
         self.log("train/grad_norm", total)
 
     def on_train_batch_end(self, outputs: Any, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        elapsed = max(time.perf_counter() - self._batch_started, 1e-9)
-        self.train_seconds += elapsed
-        self.log("train/tokens_per_sec", self._step_tokens / elapsed)
+        self.log("train/tokens_per_sec", self.progress.end_batch())
 
     def _handled_divergence(self, what: str, value: float) -> bool:
-        """True when a divergence handler dealt with the non-finite value; else the run stops here."""
-        if any(handler(what, value) for handler in self.divergence_handlers):
-            self.divergences_handled += 1
-            return True
-        after = f" after {self.divergences_handled} rollbacks" if self.divergences_handled else ""
-        raise NonFiniteTrainingError(
-            f"Training stopped at step {self.global_step}{after}: the {what} is {value}. The likely cause is a learning "
-            f"rate too high for this model (model.optimizer.learning_rate={self.hparams.optimizer['learning_rate']}): lower it, e.g. tenfold, "
-            "and keep trainer.gradient_clip_val set. Adapters saved before this step were not touched."
-        )
-
-    def _measure_base_retention(self) -> dict[str, float]:
-        """The base model's general answers (from the reply cache after the first run), logged at step 0."""
-        with self.trainer.precision_plugin.forward_context():
-            metrics = self.retention.measure_base(self.model, self.formatter, str(self.trainer.precision))
-        for logger in self.loggers:
-            logger.log_metrics({f"base/{key}": value for key, value in metrics.items()}, step=0)
-        return metrics
-
-    def _log_retention(self) -> None:
-        if self.retention.base_correct is None:  # validate/test: no training run measured the base model
-            self._measure_base_retention()
-        with torch.no_grad(), self.trainer.precision_plugin.forward_context():
-            self.log_dict(self.retention.measure_adapter(self.model, self.formatter), sync_dist=True)
+        learning_rate = self.hparams.optimizer["learning_rate"]
+        return self.divergence.handle(what, value, self.global_step, learning_rate)
 
     # --------------------------------------------------------------------------------- evaluation
     def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
@@ -230,7 +172,7 @@ class TutorModule(L.LightningModule):
         for name in self.evaluator.graded_sets():
             self.log_dict(self.evaluator.compute(name), prog_bar=False, sync_dist=True)
         if self.retention is not None and not self.trainer.sanity_checking:
-            self._log_retention()
+            self.log_dict(adapter_retention(self), sync_dist=True)
         self.evaluator.log_wrong_answers(self.logger, self.global_step)
 
     def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
@@ -259,15 +201,10 @@ class TutorModule(L.LightningModule):
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
         checkpoint["base_math_metrics"] = self.base_math_metrics
         checkpoint["retention"] = self.retention.state_dict() if self.retention is not None else None
-        checkpoint["train_progress"] = {
-            "tokens": self.train_tokens_seen, "examples": self.train_examples_seen, "seconds": self.train_seconds
-        }
+        checkpoint["train_progress"] = self.progress.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.base_math_metrics = checkpoint.get("base_math_metrics")
         if self.retention is not None and checkpoint.get("retention"):
             self.retention.load_state_dict(checkpoint["retention"])
-        progress = checkpoint.get("train_progress", {})
-        self.train_tokens_seen = progress.get("tokens", 0)
-        self.train_examples_seen = progress.get("examples", 0)
-        self.train_seconds = progress.get("seconds", 0.0)
+        self.progress.load_state_dict(checkpoint.get("train_progress", {}))

@@ -1,7 +1,7 @@
 """A stand-in tutor module for the callback tests: a tiny random Llama with LoRA, scripted math scores.
 
 It honours the contract the callbacks rely on (`model`, `tokenizer`, `generate_replies`,
-`base_math_metrics`, `train_tokens_seen`, `train_examples_seen` and the logged metric keys)
+`base_math_metrics`, `progress` and the logged metric keys)
 without any download, so each Trainer run takes a second or two on a CPU.
 """
 
@@ -19,6 +19,8 @@ from tokenizers.models import WordLevel
 from tokenizers.pre_tokenizers import Whitespace
 from torch.utils.data import DataLoader
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from src.training.progress import TrainProgress
 
 TINY_LLAMA = {
     "vocab_size": 64,
@@ -70,9 +72,7 @@ class StandInTutor(LightningModule):
         self.model: PeftModel | None = None
         self.tokenizer = make_tokenizer()
         self.base_math_metrics: dict[str, float] | None = None
-        self.train_tokens_seen = 0
-        self.train_examples_seen = 0
-        self.train_seconds = 0.0
+        self.progress = TrainProgress()
         self.math_sets = ["val"]
         self.generate_calls: list[list[list[dict[str, str]]]] = []
         g = torch.Generator().manual_seed(1)
@@ -96,8 +96,8 @@ class StandInTutor(LightningModule):
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
         loss = self.model(input_ids=batch, labels=batch).loss
-        self.train_tokens_seen += batch.numel()
-        self.train_examples_seen += batch.shape[0]
+        self.progress.tokens += batch.numel()
+        self.progress.examples += batch.shape[0]
         self.log("train/loss", loss)
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
         self.log("train/tokens_per_sec", 1000.0)

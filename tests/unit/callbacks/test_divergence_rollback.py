@@ -13,7 +13,8 @@ import torch
 from lightning.pytorch import Callback
 
 from src.callbacks.divergence_rollback import DivergenceRollback
-from src.training.tutor_module import NonFiniteTrainingError, TutorModule
+from src.training.divergence import NonFiniteTrainingError
+from src.training.tutor_module import TutorModule
 from unit.training.test_tutor_module import make_datamodule, make_module, make_trainer
 
 LEARNING_RATE = 1e-2

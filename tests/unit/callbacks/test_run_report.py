@@ -60,9 +60,9 @@ def test_summary_agrees_with_the_history(run: SimpleNamespace) -> None:
     assert summary["loss_improvement_pct"] == pytest.approx((losses[0] - losses[-1]) / losses[0] * 100)
     assert summary["total_steps"] == run.trainer.global_step == 6
     assert summary["steps_per_sec"] == pytest.approx(6 / summary["duration_s"])
-    assert summary["samples_per_sec"] == pytest.approx(run.module.train_examples_seen / summary["duration_s"])
+    assert summary["samples_per_sec"] == pytest.approx(run.module.progress.examples / summary["duration_s"])
     params = sum(p.numel() for p in run.module.model.parameters())
-    assert summary["train_flops_estimate"] == 6 * params * run.module.train_tokens_seen > 0
+    assert summary["train_flops_estimate"] == 6 * params * run.module.progress.tokens > 0
     assert summary["peak_memory_mb"] > 0
     assert (summary["base_math_acc"], summary["best_math_acc"], summary["best_math_acc_step"]) == (0.1, 0.5, 4)
     assert summary["beat_base"] is True

@@ -21,7 +21,8 @@ import src.training.tutor_module as tutor_module
 from conftest import arithmetic_rows, write_jsonl
 from src.callbacks.adapter_checkpoint import AdapterCheckpoint
 from src.data.datamodule import TutorDataModule
-from src.training.tutor_module import NonFiniteTrainingError, TutorModule
+from src.training.divergence import NonFiniteTrainingError
+from src.training.tutor_module import TutorModule
 
 CLIP = 1e-3  # far below the gradient norm of a random model, so clipping always acts
 MATH_EVAL_SIZE = 2
@@ -220,7 +221,7 @@ def test_fit_changes_only_lora_weights(two_steps: dict[str, Any]) -> None:
 def test_trainer_stops_at_max_steps(two_steps: dict[str, Any]) -> None:
     assert two_steps["trainer"].global_step == 2
     assert two_steps["recorder"].steps == [0, 1]
-    assert two_steps["module"].train_examples_seen == 2 * BATCH_SIZE
+    assert two_steps["module"].progress.examples == 2 * BATCH_SIZE
 
 
 def test_logged_grad_norm_is_the_trainable_gradient_norm_before_clipping(two_steps: dict[str, Any]) -> None:
@@ -293,11 +294,11 @@ def test_checkpoint_holds_only_the_trainable_weights(two_steps: dict[str, Any]) 
     assert checkpoint["base_math_metrics"] == module.base_math_metrics
     progress = checkpoint["train_progress"]
     assert {k: progress[k] for k in ("tokens", "examples")} == {
-        "tokens": module.train_tokens_seen,
+        "tokens": module.progress.tokens,
         "examples": 2 * BATCH_SIZE,
     }
     # Written from the last batch's end hooks, before that batch's time is added.
-    assert 0 < progress["seconds"] <= module.train_seconds
+    assert 0 < progress["seconds"] <= module.progress.seconds
     # Smaller than the frozen base alone: no base weight was written.
     base_bytes = sum(p.numel() * p.element_size() for n, p in module.named_parameters() if "lora_" not in n)
     assert path.stat().st_size < base_bytes
@@ -325,7 +326,7 @@ def test_resume_continues_at_the_same_step(
     order = make_datamodule(tiny_model_dir, tmp_path)
     order.setup("fit")
     first_four = list(order.train_dataloader().batch_sampler)[:4]
-    assert module.train_examples_seen == sum(len(batch) for batch in first_four)
+    assert module.progress.examples == sum(len(batch) for batch in first_four)
 
 
 # ------------------------------------------------------------------------------------ precision

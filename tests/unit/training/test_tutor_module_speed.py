@@ -36,9 +36,9 @@ def fit_two_steps(model_dir: Path, folder: Path, packing: bool) -> tuple[TutorMo
 def test_packed_training_matches_padded_training(tiny_model_dir: Path, tmp_path: Path) -> None:
     padded, padded_losses = fit_two_steps(tiny_model_dir, tmp_path / "padded", packing=False)
     packed, packed_losses = fit_two_steps(tiny_model_dir, tmp_path / "packed", packing=True)
-    assert packed.train_examples_seen == padded.train_examples_seen == 2 * BATCH_SIZE  # one row, four examples
+    assert packed.progress.examples == padded.progress.examples == 2 * BATCH_SIZE  # one row, four examples
     # The padded count is attention_mask.sum(): both count real tokens only, the same ones.
-    assert packed.train_tokens_seen == padded.train_tokens_seen > 2 * BATCH_SIZE * 20
+    assert packed.progress.tokens == padded.progress.tokens > 2 * BATCH_SIZE * 20
     # Same examples, same order, same first update: the same losses (the second after one AdamW step).
     assert len(packed_losses) == len(padded_losses) == 2
     torch.testing.assert_close(torch.tensor(packed_losses), torch.tensor(padded_losses), rtol=0, atol=1e-4)

@@ -1,0 +1,63 @@
+"""The untouched base model, put to the same questions as the adapter: math, retention and replay replies.
+
+Called from `TutorModule`'s hooks with the module (its trainer's precision context, loggers and data
+module); the generating and grading itself is `src.evaluation`'s.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+from src.data.replay import REPLAY_MAX_NEW_TOKENS
+from src.evaluation.math_evaluator import evaluate_base
+from src.evaluation.reply_cache import ReplyCache, base_reply_key, cached_base_replies
+
+if TYPE_CHECKING:
+    from src.training.tutor_module import TutorModule
+
+
+def measure_base_model(module: TutorModule) -> dict[str, float] | None:
+    """Math accuracy on every held-out set and, when measured, retention; logged at step 0 (None: nothing to measure)."""
+    metrics = base_math(module)
+    if module.retention is not None:
+        metrics = (metrics or {}) | base_retention(module)
+    return metrics
+
+
+def base_math(module: TutorModule) -> dict[str, float] | None:
+    """The base model's math accuracy on every held-out set (None without held-out sets)."""
+    datamodule = module.trainer.datamodule
+    loaders = {name: datamodule.math_dataloader(name) for name in getattr(datamodule, "math_set_names", [])}
+    if not loaders:
+        return None
+    precision = str(module.trainer.precision)
+    # The base weights are named by a fingerprint of their values, so a changed local model never hits.
+    key = base_reply_key(module.model, module.formatter, module.generation.max_new_tokens, precision)
+    return evaluate_base(module.evaluator, module.model, loaders, module.answer_batch,
+                         module.trainer.precision_plugin.forward_context(), module.loggers, ReplyCache(), key)
+
+
+def base_retention(module: TutorModule) -> dict[str, float]:
+    """The base model's general answers (from the reply cache after the first run), logged at step 0."""
+    with module.trainer.precision_plugin.forward_context():
+        metrics = module.retention.measure_base(module.model, module.formatter, str(module.trainer.precision))
+    for logger in module.loggers:
+        logger.log_metrics({f"base/{key}": value for key, value in metrics.items()}, step=0)
+    return metrics
+
+
+def adapter_retention(module: TutorModule) -> dict[str, float]:
+    """What the adapter keeps of the base model's right general answers (`retain/*`)."""
+    if module.retention.base_correct is None:  # validate/test: no training run measured the base model
+        base_retention(module)
+    with torch.no_grad(), module.trainer.precision_plugin.forward_context():
+        return module.retention.measure_adapter(module.model, module.formatter)
+
+
+def base_replay_replies(module: TutorModule, prompts: list[str]) -> list[str]:
+    """The base model's own replies to the replay prompts, which training then keeps it saying."""
+    with module.trainer.precision_plugin.forward_context():
+        return cached_base_replies(module.model, module.formatter, prompts, REPLAY_MAX_NEW_TOKENS,
+                                   str(module.trainer.precision), None, "replay", ReplyCache())
