@@ -47,6 +47,7 @@ def test_a_tiny_fit_off_a_terminal_prints_followable_lines(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "training"))  # the TutorModule tests' builders
+    monkeypatch.setenv("TUTOR_TUNE_CACHE", str(tmp_path / "cache"))  # the base model answers here, not from a cache
     from test_tutor_module import make_datamodule, make_module
 
     L.seed_everything(0)
