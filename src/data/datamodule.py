@@ -72,6 +72,9 @@ class TutorDataModule(L.LightningDataModule):
             replies to `replay_file`'s general prompts, generated once before training and cached, so the loss
             on them teaches the adapter to leave general behaviour alone. 0: no replay.
         replay_file: general prompts for replay, apart from the retention set's evaluation prompts.
+        replay_self_prompts: how many further replay prompts the base model writes itself (it continues
+            its own template's user turn from a question's first words; `src.evaluation.self_prompts`),
+            for replay as varied as what the base model knows. 0: only `replay_file`'s prompts.
         loss_eval_size: how many validation examples the validation loss is computed on (a fixed
             seeded subset); None for all of them.
         num_workers: DataLoader workers.
@@ -100,6 +103,7 @@ class TutorDataModule(L.LightningDataModule):
         grade_from_answers: bool = True,
         replay_ratio: float = 0.0,
         replay_file: str = "data/retention/replay_prompts.jsonl",
+        replay_self_prompts: int = 0,
         loss_eval_size: int | None = None,
         num_workers: int = 0,
         cache_dir: str | None = None,
@@ -183,11 +187,17 @@ class TutorDataModule(L.LightningDataModule):
             return []
         return [item["prompt"] for item in load_open(self.hparams.replay_file)]
 
-    def add_replay(self, replies: list[str]) -> None:
-        """Mix the base model's `replies` to `replay_prompts` into the training set (seeded by `split_seed`).
+    @property
+    def replay_self_prompts(self) -> int:
+        """How many replay prompts the base model is to write itself; 0 without replay."""
+        return self.hparams.replay_self_prompts if self.hparams.replay_ratio else 0
+
+    def add_replay(self, prompts: list[str], replies: list[str]) -> None:
+        """Mix the base model's `replies` to `prompts` (`replay_prompts` and any it wrote itself) into the
+        training set, seeded by `split_seed`.
 
         Called by the module once the model exists, before the first training loader is made."""
-        replay = replay_records(self.replay_prompts, replies)
+        replay = replay_records(prompts, replies)
         mixed = mix_replay(self._train_records, replay, self.hparams.replay_ratio, self.hparams.split_seed)
         self.replay_rows = len(mixed) - len(self._train_records)
         self.train_dataset = self._without_answerless(self._tokenize(mixed, "train"), "train")

@@ -10,6 +10,7 @@ before every prompt is seen once.
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Sequence
 
 from src.data.conversation import Record, make_record
@@ -18,20 +19,31 @@ from src.errors import ConfigurationError
 REPLAY_MAX_NEW_TOKENS = 64
 """Length of the base model's replay replies: a few sentences, as long as a worked math answer."""
 
+_SENTENCE_END = re.compile(r"[.!?\u3002][\"')\]]*(?=\s|$)")
+
 REPLAY_KIND = "replay"
 """The `kind` of replay records (their `expected` is None: they are never graded as math)."""
 
 
 def replay_records(prompts: Sequence[str], replies: Sequence[str]) -> list[Record]:
-    """One single-turn training record per (prompt, base reply) pair; empty replies are skipped,
-    since they would only teach the model to stop at once."""
+    """One single-turn training record per (prompt, base reply) pair, each reply ending at a whole
+    sentence; empty replies are skipped, since they would only teach the model to stop at once."""
     if len(prompts) != len(replies):
         raise ValueError(f"Got {len(prompts)} replay prompts but {len(replies)} replies; give one reply per prompt.")
     return [
-        make_record([{"role": "user", "content": p}, {"role": "assistant", "content": r.strip()}], kind=REPLAY_KIND)
+        make_record([{"role": "user", "content": p}, {"role": "assistant", "content": whole_sentences(r)}],
+                    kind=REPLAY_KIND)
         for p, r in zip(prompts, replies)
         if r.strip()
     ]
+
+
+def whole_sentences(reply: str) -> str:
+    """`reply` up to its last sentence end: a reply the token budget cut mid-sentence would teach the
+    adapter to end its turn mid-sentence. A reply with no sentence end is kept whole."""
+    reply = reply.strip()
+    ends = [m.end() for m in _SENTENCE_END.finditer(reply)]
+    return reply[: ends[-1]].rstrip() if ends else reply
 
 
 def replay_count(task_rows: int, ratio: float) -> int:

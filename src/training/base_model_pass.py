@@ -6,13 +6,17 @@ module); the generating and grading itself is `src.evaluation`'s.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 
 from src.data.replay import REPLAY_MAX_NEW_TOKENS
+from src.data.retention import CHECKABLE_FILE, OPEN_FILE, load_checkable, load_open
 from src.evaluation.math_evaluator import evaluate_base
 from src.evaluation.reply_cache import ReplyCache, base_reply_key, cached_base_replies
+from src.evaluation.self_prompts import self_written_prompts
 
 if TYPE_CHECKING:
     from src.training.tutor_module import TutorModule
@@ -61,3 +65,22 @@ def base_replay_replies(module: TutorModule, prompts: list[str]) -> list[str]:
     with module.trainer.precision_plugin.forward_context():
         return cached_base_replies(module.model, module.formatter, prompts, REPLAY_MAX_NEW_TOKENS,
                                    str(module.trainer.precision), None, "replay", ReplyCache())
+
+
+def base_written_prompts(module: TutorModule, count: int) -> list[str]:
+    """`count` general prompts the base model writes itself for replay, none near a retention prompt."""
+    if count <= 0:
+        return []
+    folder = module.hparams.retention.get("dir")
+    exclude = retention_prompts(Path(folder)) if folder else []
+    with module.trainer.precision_plugin.forward_context():
+        prompts = self_written_prompts(module.model, module.formatter, count, str(module.trainer.precision),
+                                       exclude, ReplyCache())
+    rank_zero_info(f"Replay: the base model wrote {len(prompts)} of {count} general prompts asked for "
+                   f"(digits and near copies of the {len(exclude)} retention prompts left out).")
+    return prompts
+
+
+def retention_prompts(folder: Path) -> list[str]:
+    """Every prompt of a retention folder, checkable and open: what replay must stay apart from."""
+    return [item["prompt"] for item in (*load_checkable(folder / CHECKABLE_FILE), *load_open(folder / OPEN_FILE))]

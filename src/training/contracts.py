@@ -36,8 +36,10 @@ class ReportedTutor(Protocol):
 
 @runtime_checkable
 class AcceptsReplay(Protocol):
-    """A data module that mixes the base model's own replies to its `replay_prompts` into training."""
+    """A data module that mixes the base model's own replies to its `replay_prompts`, and to the
+    `replay_self_prompts` prompts the base model writes itself, into training."""
 
     replay_prompts: list[str]
+    replay_self_prompts: int
 
-    def add_replay(self, replies: list[str]) -> None: ...
+    def add_replay(self, prompts: list[str], replies: list[str]) -> None: ...

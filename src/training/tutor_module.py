@@ -27,7 +27,9 @@ from src.models.precision import weight_dtype
 from src.models.quantization import Quantization
 from src.models.settings import LoraSettings, OptimizerSettings, settings_dict, settings_of
 from src.sources.offline_default import OFFLINE_DEFAULT
-from src.training.base_model_pass import adapter_retention, base_replay_replies, measure_base_model
+from src.training.base_model_pass import (
+    adapter_retention, base_replay_replies, base_written_prompts, measure_base_model,
+)
 from src.training.contracts import AcceptsReplay
 from src.training.divergence import DivergencePolicy
 from src.training.progress import TrainProgress
@@ -116,8 +118,9 @@ class TutorModule(L.LightningModule):
     def on_fit_start(self) -> None:
         # After configure_model, before the first training loader: replay needs the base model's replies.
         datamodule = self.trainer.datamodule
-        if isinstance(datamodule, AcceptsReplay) and datamodule.replay_prompts:
-            datamodule.add_replay(base_replay_replies(self, datamodule.replay_prompts))
+        if isinstance(datamodule, AcceptsReplay) and (datamodule.replay_prompts or datamodule.replay_self_prompts):
+            prompts = datamodule.replay_prompts + base_written_prompts(self, datamodule.replay_self_prompts)
+            datamodule.add_replay(prompts, base_replay_replies(self, prompts))
 
     def on_train_start(self) -> None:
         if self.hparams.evaluate_base and self.global_step == 0 and self.base_math_metrics is None:

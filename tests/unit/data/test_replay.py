@@ -44,6 +44,20 @@ def test_empty_replies_are_skipped_and_replies_stripped() -> None:
     assert [(replay_prompt(r), r["messages"][1]["content"]) for r in records] == [(PROMPTS[0], "Flowing water.")]
 
 
+@pytest.mark.parametrize(
+    "reply, kept",
+    [
+        ("Paris is the capital. It lies on the Seine and", "Paris is the capital."),  # cut by the token budget
+        ('He said "stop." Then he left', 'He said "stop."'),
+        ("Is it far? Yes! It is 3.5 km away.", "Is it far? Yes! It is 3.5 km away."),  # a decimal point ends nothing
+        ("def add(a, b):\n    return a +", "def add(a, b):\n    return a +"),  # no sentence end: kept whole
+    ],
+)
+def test_a_reply_ends_at_its_last_whole_sentence(reply: str, kept: str) -> None:
+    (record,) = replay_records(["Say something."], [reply])
+    assert record["messages"][1]["content"] == kept
+
+
 def test_one_reply_per_prompt() -> None:
     with pytest.raises(ValueError, match="3 replay prompts but 2 replies"):
         replay_records(PROMPTS, REPLIES[:2])

@@ -26,6 +26,11 @@ def cached_reply_files() -> set[Path]:
     return set((cache_root() / "replies").glob("*.json"))
 
 
+def stored(files: set[Path]) -> list[dict]:
+    """The cache entries in `files`: replay replies, self-written prompts, and any base math replies."""
+    return [json.loads(path.read_text(encoding="utf-8")) for path in files]
+
+
 def test_replay_rows_are_the_base_models_replies_mixed_in_at_the_ratio(tiny_model_dir: Path, tmp_path: Path) -> None:
     before = cached_reply_files()
     data = replay_datamodule(tiny_model_dir, tmp_path, ratio=0.5)
@@ -33,15 +38,15 @@ def test_replay_rows_are_the_base_models_replies_mixed_in_at_the_ratio(tiny_mode
     task_rows = len(data._train_records)
     assert data.replay_rows == round(task_rows * 0.5)
     assert len(data.train_dataset) == task_rows + data.replay_rows
-    (stored,) = cached_reply_files() - before  # generated once and stored
-    replies = json.loads(stored.read_text(encoding="utf-8"))
-    assert replies["prompts"] == PROMPTS and len(replies["replies"]) == len(PROMPTS)
+    first_run = cached_reply_files() - before
+    (replies,) = [entry for entry in stored(first_run) if entry["prompts"] == PROMPTS]  # generated once and stored
+    assert len(replies["replies"]) == len(PROMPTS)
 
     # The same base model again: the cache answers, nothing new is stored.
     (tmp_path / "again").mkdir()
     again = replay_datamodule(tiny_model_dir, tmp_path / "again", ratio=0.5)
     make_trainer(tmp_path / "again", 1).fit(make_module(tiny_model_dir), datamodule=again)
-    assert cached_reply_files() - before == {stored}
+    assert cached_reply_files() - before == first_run
     assert again.replay_rows == data.replay_rows
 
 
@@ -50,3 +55,16 @@ def test_no_replay_leaves_the_training_set_alone(tiny_model_dir: Path, tmp_path:
     make_trainer(tmp_path, 1).fit(make_module(tiny_model_dir), datamodule=data)
     assert data.replay_rows == 0 and len(data.train_dataset) == len(data._train_records)
     assert REPLAY_KIND not in {r["kind"] for r in data._train_records}
+
+
+def test_the_base_model_writes_further_replay_prompts_once(tiny_model_dir: Path, tmp_path: Path) -> None:
+    before = cached_reply_files()
+    data = replay_datamodule(tiny_model_dir, tmp_path, ratio=0.5)
+    data.hparams.replay_self_prompts = 3
+    make_trainer(tmp_path, 1).fit(make_module(tiny_model_dir), datamodule=data)
+    assert data.replay_rows == round(len(data._train_records) * 0.5)
+    entries = stored(cached_reply_files() - before)
+    (writing,) = [entry for entry in entries if "self_prompts" in entry["key"]]
+    assert len(writing["prompts"]) == 2 * 3  # two tries per prompt asked for: filtering drops some
+    # Replies to the file's prompts, then to any the model wrote (a random tiny model may write none usable).
+    assert any(entry["prompts"][: len(PROMPTS)] == PROMPTS for entry in stored(cached_reply_files()))
