@@ -13,6 +13,7 @@ import torch
 from src.data.replay import REPLAY_MAX_NEW_TOKENS
 from src.evaluation.math_evaluator import evaluate_base
 from src.evaluation.reply_cache import ReplyCache, base_reply_key, cached_base_replies
+from src.training.contracts import HoldsMathSets
 
 if TYPE_CHECKING:
     from src.training.tutor_module import TutorModule
@@ -29,9 +30,9 @@ def measure_base_model(module: TutorModule) -> dict[str, float] | None:
 def base_math(module: TutorModule) -> dict[str, float] | None:
     """The base model's math accuracy on every held-out set (None without held-out sets)."""
     datamodule = module.trainer.datamodule
-    loaders = {name: datamodule.math_dataloader(name) for name in getattr(datamodule, "math_set_names", [])}
-    if not loaders:
+    if not isinstance(datamodule, HoldsMathSets) or not datamodule.math_set_names:
         return None
+    loaders = {name: datamodule.math_dataloader(name) for name in datamodule.math_set_names}
     precision = str(module.trainer.precision)
     # The base weights are named by a fingerprint of their values, so a changed local model never hits.
     key = base_reply_key(module.model, module.formatter, module.generation.max_new_tokens, precision)
