@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from peft.optimizers import create_loraplus_optimizer
@@ -23,6 +23,9 @@ from transformers import get_scheduler
 
 from src.errors import ConfigurationError
 from src.models.quantization import check_bitsandbytes
+
+if TYPE_CHECKING:  # settings.py imports this module's names
+    from src.models.settings import OptimizerSettings
 
 OptimizerName = Literal["adamw", "adamw_fused", "adamw_8bit", "paged_adamw_8bit"]
 OPTIMIZERS: tuple[str, ...] = ("adamw", "adamw_fused", "adamw_8bit", "paged_adamw_8bit")
@@ -90,15 +93,15 @@ def build_optimizer(
 
 
 def build_optimizer_and_schedule(
-    model: torch.nn.Module, name: str, lr: float, weight_decay: float, loraplus_lr_ratio: float | None,
-    scheduler: str, warmup_ratio: float, total_steps: int,
+    model: torch.nn.Module, settings: OptimizerSettings, total_steps: int
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
-    """The optimizer over `model`'s trainable parameters and transformers' `scheduler` stepped once an
-    optimizer step, warming up linearly over `warmup_ratio` of `total_steps`."""
+    """The optimizer over `model`'s trainable parameters and transformers' `settings.lr_scheduler` stepped
+    once an optimizer step, warming up linearly over `settings.warmup_ratio` of `total_steps`."""
+    s = settings
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = build_optimizer(name, trainable, lr, weight_decay, loraplus_lr_ratio, model=model)
+    optimizer = build_optimizer(s.name, trainable, s.learning_rate, s.weight_decay, s.loraplus_lr_ratio, model=model)
     schedule = get_scheduler(
-        scheduler, optimizer, num_warmup_steps=round(warmup_ratio * total_steps), num_training_steps=total_steps
+        s.lr_scheduler, optimizer, num_warmup_steps=round(s.warmup_ratio * total_steps), num_training_steps=total_steps
     )
     return optimizer, schedule
 

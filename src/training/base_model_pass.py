@@ -17,6 +17,7 @@ from src.data.retention import CHECKABLE_FILE, OPEN_FILE, load_checkable, load_o
 from src.evaluation.math_evaluator import evaluate_base
 from src.evaluation.reply_cache import ReplyCache, base_reply_key, cached_base_replies
 from src.evaluation.self_prompts import self_written_prompts
+from src.training.contracts import AcceptsReplay, HoldsMathSets
 
 if TYPE_CHECKING:
     from src.training.tutor_module import TutorModule
@@ -33,9 +34,9 @@ def measure_base_model(module: TutorModule) -> dict[str, float] | None:
 def base_math(module: TutorModule) -> dict[str, float] | None:
     """The base model's math accuracy on every held-out set (None without held-out sets)."""
     datamodule = module.trainer.datamodule
-    loaders = {name: datamodule.math_dataloader(name) for name in getattr(datamodule, "math_set_names", [])}
-    if not loaders:
+    if not isinstance(datamodule, HoldsMathSets) or not datamodule.math_set_names:
         return None
+    loaders = {name: datamodule.math_dataloader(name) for name in datamodule.math_set_names}
     precision = str(module.trainer.precision)
     # The base weights are named by a fingerprint of their values, so a changed local model never hits.
     key = base_reply_key(module.model, module.formatter, module.generation.max_new_tokens, precision)
@@ -58,6 +59,15 @@ def adapter_retention(module: TutorModule) -> dict[str, float]:
         base_retention(module)
     with torch.no_grad(), module.trainer.precision_plugin.forward_context():
         return module.retention.measure_adapter(module.model, module.formatter)
+
+
+def mix_in_replay(module: TutorModule) -> None:
+    """Hand the data module the base model's replies to its replay prompts and to those the base model
+    writes itself (before the first training loader: the replay rows are part of the training set)."""
+    datamodule = module.trainer.datamodule
+    if isinstance(datamodule, AcceptsReplay) and (datamodule.replay_prompts or datamodule.replay_self_prompts):
+        prompts = datamodule.replay_prompts + base_written_prompts(module, datamodule.replay_self_prompts)
+        datamodule.add_replay(prompts, base_replay_replies(module, prompts))
 
 
 def base_replay_replies(module: TutorModule, prompts: list[str]) -> list[str]:

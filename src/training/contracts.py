@@ -6,9 +6,10 @@
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
+from torch.utils.data import DataLoader
 
 from src.data.conversation import Message
 from src.training.divergence import DivergencePolicy
@@ -32,6 +33,17 @@ class ReportedTutor(Protocol):
     model: torch.nn.Module | None
 
     def generate_replies(self, conversations: list[list[Message]], batch_size: int = 16) -> list[str]: ...
+
+
+@runtime_checkable
+class HoldsMathSets(Protocol):
+    """A data module with held-out math sets that the module answers by generation and grades."""
+
+    math_set_names: list[str]
+    math_kinds: list[str]
+    longest_reference_answer: dict[str, Any] | None
+
+    def math_dataloader(self, name: str = "val") -> DataLoader: ...
 
 
 @runtime_checkable

@@ -27,10 +27,9 @@ from src.models.precision import weight_dtype
 from src.models.quantization import Quantization
 from src.models.settings import LoraSettings, OptimizerSettings, settings_dict, settings_of
 from src.sources.offline_default import OFFLINE_DEFAULT
-from src.training.base_model_pass import (
-    adapter_retention, base_replay_replies, base_written_prompts, measure_base_model,
-)
-from src.training.contracts import AcceptsReplay
+from src.training.base_model_pass import adapter_retention, measure_base_model, mix_in_replay
+from src.training.checkpoint_state import load_run_state, save_run_state
+from src.training.contracts import HoldsMathSets
 from src.training.divergence import DivergencePolicy
 from src.training.progress import TrainProgress
 
@@ -102,25 +101,21 @@ class TutorModule(L.LightningModule):
             self.model, self.tokenizer, self.formatter = built.model, built.tokenizer, built.formatter
 
     def setup(self, stage: str) -> None:
-        datamodule = self.trainer.datamodule if self._trainer is not None else None
-        self.evaluator.configure(getattr(datamodule, "math_set_names", ["val"]), getattr(datamodule, "math_kinds", []))
-        warn_if_replies_are_cut(self.generation.max_new_tokens, getattr(datamodule, "longest_reference_answer", None))
+        data = self.trainer.datamodule if self._trainer is not None else None
+        if isinstance(data, HoldsMathSets):
+            self.evaluator.configure(data.math_set_names, data.math_kinds)
+            warn_if_replies_are_cut(self.generation.max_new_tokens, data.longest_reference_answer)
+        else:  # plain loaders: one prompt loader, graded as `val`
+            self.evaluator.configure(["val"], [])
 
     def configure_optimizers(self) -> dict[str, Any]:
-        o = settings_of(OptimizerSettings, self.hparams.optimizer)
-        optimizer, scheduler = build_optimizer_and_schedule(
-            self.model, o.name, o.learning_rate, o.weight_decay, o.loraplus_lr_ratio, o.lr_scheduler, o.warmup_ratio,
-            int(self.trainer.estimated_stepping_batches),
-        )
+        settings = settings_of(OptimizerSettings, self.hparams.optimizer)
+        optimizer, scheduler = build_optimizer_and_schedule(self.model, settings, int(self.trainer.estimated_stepping_batches))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ----------------------------------------------------------------------------------- training
     def on_fit_start(self) -> None:
-        # After configure_model, before the first training loader: replay needs the base model's replies.
-        datamodule = self.trainer.datamodule
-        if isinstance(datamodule, AcceptsReplay) and (datamodule.replay_prompts or datamodule.replay_self_prompts):
-            prompts = datamodule.replay_prompts + base_written_prompts(self, datamodule.replay_self_prompts)
-            datamodule.add_replay(prompts, base_replay_replies(self, prompts))
+        mix_in_replay(self)  # after configure_model, before the first training loader
 
     def on_train_start(self) -> None:
         if self.hparams.evaluate_base and self.global_step == 0 and self.base_math_metrics is None:
@@ -199,15 +194,7 @@ class TutorModule(L.LightningModule):
 
     # -------------------------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # Resuming needs the trainable LoRA weights, optimizer and schedule, never the frozen base.
-        trainable = {name for name, p in self.named_parameters() if p.requires_grad}
-        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
-        checkpoint["base_math_metrics"] = self.base_math_metrics
-        checkpoint["retention"] = self.retention.state_dict() if self.retention is not None else None
-        checkpoint["train_progress"] = self.progress.state_dict()
+        save_run_state(self, checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self.base_math_metrics = checkpoint.get("base_math_metrics")
-        if self.retention is not None and checkpoint.get("retention"):
-            self.retention.load_state_dict(checkpoint["retention"])
-        self.progress.load_state_dict(checkpoint.get("train_progress", {}))
+        load_run_state(self, checkpoint)
