@@ -120,6 +120,26 @@ def setting_table(setting: dict[str, str], runs: Sequence[RunResult]) -> dict[st
         ],
         "train_time_s": _stats([run.summary.get("train_time_s") for run in finished], worst_is_max=True),
         "train_tokens_seen": _stats([run.summary.get("train_tokens_seen") for run in finished], worst_is_max=True),
+        "retention": _retention_table(finished),
+    }
+
+
+def _retention_table(runs: Sequence[RunResult]) -> dict[str, Any] | None:
+    """What the kept adapters kept of the base model's general ability (`summary["retention"]`), per seed,
+    mean and worst: the lowest share kept, the highest KL and repetition. None where no run measured it."""
+    rows = [(run, (run.summary or {}).get("retention")) for run in runs]
+    rows = [(run, row) for run, row in rows if row]
+    if not rows:
+        return None
+    base = rows[0][1]
+    per_seed = [{"seed": run.seed, "kept": row.get("kept"), "graded": row.get("graded"), "kl": row.get("kl"),
+                 "repeat": row.get("repeat")} for run, row in rows]
+    return {
+        "base": {"acc": base.get("base_acc"), "count": base.get("base_count"), "repeat": base.get("base_repeat")},
+        "per_seed": per_seed,
+        "kept": _stats([r["kept"] for r in per_seed]),
+        "kl": _stats([r["kl"] for r in per_seed], worst_is_max=True),
+        "repeat": _stats([r["repeat"] for r in per_seed], worst_is_max=True),
     }
 
 
@@ -197,6 +217,37 @@ def _summary_lines(settings: Sequence[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _number(value: float | None, digits: int = 3) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
+def _retention_summary_lines(settings: Sequence[dict[str, Any]]) -> list[str]:
+    """One line per setting: the share of the base model's right general answers the kept adapters keep."""
+    measured = [table for table in settings if table.get("retention")]
+    if not measured:
+        return []
+    lines = [
+        "What the tutor kept of the base model's general ability (retention set, never trained on): the share "
+        "of the base's right answers still right, KL(base || adapter) in nats per token on the base's open "
+        "replies, and repeated 4-grams in the adapter's open replies.",
+        "",
+        _row(["setting", "base right", "kept per seed", "kept mean", "kept worst", "KL mean / worst",
+              "repeat mean (base)"]),
+        _row(["---"] * 7),
+    ]
+    for table in measured:
+        r = table["retention"]
+        base = r["base"]
+        right = "—" if base["acc"] is None else f"{_pct(base['acc'])} of {_count(base['count'])}"
+        seeds = ", ".join(f"{row['seed']}: {_pct(row['kept'])}" for row in r["per_seed"])
+        lines.append(_row([
+            table["label"], right, seeds, _pct(r["kept"]["mean"]), _pct(r["kept"]["worst"]),
+            f"{_number(r['kl']['mean'])} / {_number(r['kl']['worst'])}",
+            f"{_pct(r['repeat']['mean'])} ({_pct(base['repeat'])})",
+        ]))
+    return lines + [""]
+
+
 def _set_lines(table: dict[str, Any], name: str, held: dict[str, Any]) -> list[str]:
     kinds = held["kinds"]
     times = {r["seed"]: r for r in table["per_seed"]}
@@ -239,6 +290,7 @@ def markdown(data: dict[str, Any], title: str = "Comparison") -> str:
         "",
         *_summary_lines(data["settings"]),
         "",
+        *_retention_summary_lines(data["settings"]),
     ]
     for table in data["settings"]:
         lines += [f"## {table['label']}", ""]

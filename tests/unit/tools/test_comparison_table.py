@@ -110,3 +110,29 @@ def test_the_markdown_names_machine_commit_commands_and_every_row(two_seeds) -> 
 def test_a_setting_label_lists_its_keys_in_order() -> None:
     assert setting_label({"model.optimizer.learning_rate": "1e-3", "data.batch_size": "4"}) == "model.optimizer.learning_rate=1e-3, data.batch_size=4"
     assert setting_label({}) == "the config as given"
+
+
+def with_retention(result: RunResult, kept: float, kl: float, repeat: float) -> RunResult:
+    result.summary["retention"] = {"base_acc": 0.285, "base_count": 200.0, "base_repeat": 0.098, "kept": kept,
+                                   "graded": 57.0, "kl": kl, "repeat": repeat}
+    return result
+
+
+def test_retention_has_per_seed_rows_then_mean_and_worst(two_seeds) -> None:
+    runs = [with_retention(two_seeds[0], 0.9, 0.1, 0.05), with_retention(two_seeds[1], 0.7, 0.3, 0.15)]
+    data = comparison(runs, CONTEXT)
+    retention = data["settings"][0]["retention"]
+    assert retention["base"] == {"acc": 0.285, "count": 200.0, "repeat": 0.098}
+    assert [(r["seed"], r["kept"]) for r in retention["per_seed"]] == [(42, 0.9), (1, 0.7)]
+    assert retention["kept"] == {"mean": pytest.approx(0.8), "worst": 0.7}  # worst: the least kept
+    assert retention["kl"] == {"mean": pytest.approx(0.2), "worst": 0.3}  # worst: the furthest from the base
+    assert retention["repeat"]["worst"] == 0.15
+    page = markdown(data)
+    assert ("| the config as given | 28.50% of 200 | 42: 90.00%, 1: 70.00% | 80.00% | 70.00% | 0.200 / 0.300 "
+            "| 10.00% (9.80%) |") in page
+
+
+def test_runs_without_retention_have_no_retention_table(two_seeds) -> None:
+    data = comparison(two_seeds, CONTEXT)
+    assert data["settings"][0]["retention"] is None
+    assert "kept per seed" not in markdown(data)
