@@ -109,14 +109,14 @@ class TutorModule(L.LightningModule):
             self.evaluator.configure(["val"], [])
 
     def configure_optimizers(self) -> dict[str, Any]:
+        # The one hook with the model built and no training loader yet (estimated_stepping_batches makes
+        # it): the replay rows must be in the training set before then, or the loader never sees them.
+        mix_in_replay(self)
         settings = settings_of(OptimizerSettings, self.hparams.optimizer)
         optimizer, scheduler = build_optimizer_and_schedule(self.model, settings, int(self.trainer.estimated_stepping_batches))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ----------------------------------------------------------------------------------- training
-    def on_fit_start(self) -> None:
-        mix_in_replay(self)  # after configure_model, before the first training loader
-
     def on_train_start(self) -> None:
         if self.hparams.evaluate_base and self.global_step == 0 and self.base_math_metrics is None:
             self.base_math_metrics = self.evaluate_base_model()

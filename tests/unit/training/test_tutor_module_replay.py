@@ -50,6 +50,15 @@ def test_replay_rows_are_the_base_models_replies_mixed_in_at_the_ratio(tiny_mode
     assert again.replay_rows == data.replay_rows
 
 
+def test_training_steps_through_the_replay_rows(tiny_model_dir: Path, tmp_path: Path) -> None:
+    data = replay_datamodule(tiny_model_dir, tmp_path, ratio=1.0)
+    trainer = make_trainer(tmp_path, -1, max_epochs=1)
+    trainer.fit(make_module(tiny_model_dir), datamodule=data)
+    assert data.replay_rows > 0
+    # The loader the trainer stepped through is the one with the replay rows (twice the task rows here).
+    assert trainer.num_training_batches == len(data.train_dataloader()) > len(data._train_records) // data.hparams.batch_size
+
+
 def test_no_replay_leaves_the_training_set_alone(tiny_model_dir: Path, tmp_path: Path) -> None:
     data = replay_datamodule(tiny_model_dir, tmp_path, ratio=0.0)
     make_trainer(tmp_path, 1).fit(make_module(tiny_model_dir), datamodule=data)
