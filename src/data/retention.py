@@ -12,6 +12,11 @@ Three files, written by this module from the tables in `retention_facts` and `re
   subjects than both evaluation files.
 
     python -m src.data.retention --out data/retention
+
+`independent/` holds a second set in the same two evaluation formats, written by hand and not by these
+tables (other questions, other phrasings, other kinds: animals, people, food, objects, the body): a
+recipe's retention settings are chosen on the generated set, and the independent set reports them
+(`validate --model.retention.dir data/retention/independent`). No replay prompt comes near either.
 """
 
 from __future__ import annotations

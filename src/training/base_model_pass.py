@@ -92,5 +92,7 @@ def base_written_prompts(module: TutorModule, count: int) -> list[str]:
 
 
 def retention_prompts(folder: Path) -> list[str]:
-    """Every prompt of a retention folder, checkable and open: what replay must stay apart from."""
-    return [item["prompt"] for item in (*load_checkable(folder / CHECKABLE_FILE), *load_open(folder / OPEN_FILE))]
+    """Every prompt of a retention folder and of the sets in its subfolders (e.g. `independent/`), checkable
+    and open: what replay must stay apart from."""
+    folders = [folder, *sorted(p.parent for p in folder.glob(f"*/{CHECKABLE_FILE}"))]
+    return [item["prompt"] for f in folders for item in (*load_checkable(f / CHECKABLE_FILE), *load_open(f / OPEN_FILE))]
