@@ -1,7 +1,8 @@
 """A readable end-of-run report: metric history files, a 2x2 plot, a summary and sample answers.
 
 TensorBoard holds the same curves, but a finished run should also leave plain files next to its
-adapter (`metrics.json`, `metrics.csv`, `training_metrics.png`) and say in words whether the tuned
+adapter (`metrics.json`, `metrics.csv`, `training_metrics.png`, and `held_out.png`: base against kept
+adapter per kind, per worked-step type and on the retention set) and say in words whether the tuned
 tutor actually does better arithmetic than the base model it started from.
 """
 
@@ -21,6 +22,7 @@ from matplotlib.figure import Figure
 
 from src.callbacks.adapter_checkpoint import AdapterCheckpoint
 from src.callbacks.memory_monitor import MemoryMonitor
+from src.callbacks.report_figures import save_held_out_figure
 from src.training.contracts import ReportedTutor
 
 DEFAULT_SAMPLE_QUESTIONS = ("¿Cuánto es 12 + 7?", "What is 9 * 8?", "¿Cuánto es 45 - 18?")
@@ -273,6 +275,7 @@ class RunReport(Callback):
         (self.dirpath / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
         self._write_csv(self.dirpath / "metrics.csv")
         self._plot(self.dirpath / "training_metrics.png")
+        save_held_out_figure(self.summary, self.dirpath / "held_out.png")
         print(self._summary_text(trainer))
         self._print_samples(trainer, pl_module, checkpoint)
 

@@ -36,9 +36,10 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
 def test_files_go_next_to_the_adapters(run: SimpleNamespace) -> None:
     folder = run.checkpoint.dirpath
     assert run.report.dirpath == folder
-    for name in ("metrics.json", "metrics.csv", "training_metrics.png"):
+    for name in ("metrics.json", "metrics.csv", "training_metrics.png", "held_out.png"):
         assert (folder / name).stat().st_size > 0, name
-    assert (folder / "training_metrics.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for name in ("training_metrics.png", "held_out.png"):
+        assert (folder / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
 
 
 def test_history_has_one_record_per_step_and_per_validation(run: SimpleNamespace) -> None:
