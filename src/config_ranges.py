@@ -114,6 +114,7 @@ MODEL_RANGES: dict[str, Rule] = {
     "retention.base_size": integer(1, nullable=True),
     "generation.wrong_answers_logged": integer(0),
     "seed": integer(0, SEED_MAX),
+    "replay_kl": real(0),
 }
 DATA_RANGES: dict[str, Rule] = {
     "format": choice(FORMATS),
@@ -126,6 +127,7 @@ DATA_RANGES: dict[str, Rule] = {
     "math_eval_size": integer(0, nullable=True),  # 0 answers no questions (loss only)
     "loss_eval_size": integer(1, nullable=True),
     "replay_ratio": real(0, 10, high_open=False),
+    "replay_self_prompts": integer(0),
     "num_workers": integer(0),
 }
 # The project's callbacks, by class path: their init arguments as `trainer.callbacks[i].init_args.<name>`.

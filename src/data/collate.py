@@ -38,7 +38,10 @@ class TrainCollator:
             input_ids[row, :n] = torch.tensor(example["input_ids"])
             labels[row, :n] = torch.tensor(example["labels"])
             attention_mask[row, :n] = 1
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+        if "replay" in examples[0]:  # (B,) bool: the rows that replay the base model's own replies
+            batch["replay"] = torch.tensor([bool(e["replay"]) for e in examples])
+        return batch
 
 
 class PromptCollator:

@@ -27,7 +27,7 @@ from src.data.chat_format import IGNORE_INDEX, ChatFormatter
 from src.data.collate import PromptCollator, TrainCollator, packing_collator
 from src.data.conversation import Record
 from src.data.formats import load_records
-from src.data.replay import mix_replay, replay_records
+from src.data.replay import REPLAY_KIND, mix_replay, replay_records
 from src.data.retention import load_open
 from src.data.grading import graded_records, grading_summary
 from src.data.resumable import ResumableBatchSampler
@@ -38,7 +38,7 @@ from src.errors import ConfigurationError
 from src.sources.tokenizer import load_tokenizer
 from src.sources.offline_default import OFFLINE_DEFAULT, cache_root
 
-TOKENIZATION_VERSION = "2"  # bump when tokenisation changes, so stale caches are not reused
+TOKENIZATION_VERSION = "3"  # bump when tokenisation changes, so stale caches are not reused
 
 
 class TutorDataModule(L.LightningDataModule):
@@ -237,7 +237,7 @@ class TutorDataModule(L.LightningDataModule):
         fingerprint = self._fingerprint(records)
         cache_dir = Path(self.hparams.cache_dir or cache_root() / "datasets")
         cache_dir.mkdir(parents=True, exist_ok=True)
-        raw = datasets.Dataset.from_list([{"messages": r["messages"]} for r in records])
+        raw = datasets.Dataset.from_list([{"messages": r["messages"], "replay": r["kind"] == REPLAY_KIND} for r in records])
         # Explicit fingerprint: hashing the tokenizer closure is slow and not always stable.
         tokenized = raw.map(
             tokenize,
@@ -333,7 +333,7 @@ class TutorDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         hp = self.hparams
-        inputs = self._model_inputs(self.train_dataset)
+        inputs = self._model_inputs(self.train_dataset, packed=hp.packing)
         collate = packing_collator() if hp.packing else TrainCollator(self.tokenizer.pad_token_id)
         replicas, rank = self._replicas()
         if hp.order == "length_grouped":
@@ -411,8 +411,9 @@ class TutorDataModule(L.LightningDataModule):
         return self.math_dataloader()
 
     @staticmethod
-    def _model_inputs(dataset: datasets.Dataset) -> datasets.Dataset:
-        return dataset.select_columns(["input_ids", "labels"])
+    def _model_inputs(dataset: datasets.Dataset, packed: bool = False) -> datasets.Dataset:
+        # Padded batches carry which rows are replay (for `model.replay_kl`); packed rows have no row to mark.
+        return dataset.select_columns(["input_ids", "labels"] + ([] if packed else ["replay"]))
 
 
 RESERVED_PREFIXES = ("val", "base", "train", "data", "memory")

@@ -14,6 +14,8 @@ import torch.nn.functional as F
 from peft import PeftModel
 
 from src.data.chat_format import IGNORE_INDEX
+from src.errors import ConfigurationError
+from src.models.lora import base_model_outputs
 from src.models.packing import decoder_inputs
 
 _HEAD_EXTRAS = ("final_logit_softcapping", "logit_scale", "logits_scaling")
@@ -38,3 +40,38 @@ def causal_lm_loss(model: PeftModel, batch: dict[str, torch.Tensor]) -> torch.Te
     learned = targets != IGNORE_INDEX
     logits = base.get_output_embeddings()(hidden[:, :-1][learned])  # (N, V) for the N labelled positions
     return F.cross_entropy(logits.float(), targets[learned])
+
+
+def labelled_logits(model: PeftModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(N, V) vocabulary logits at the N labelled positions of a padded batch, in the order of `causal_lm_loss`."""
+    learned = batch["labels"][:, 1:] != IGNORE_INDEX
+    if not supports_label_only_logits(model):
+        return model(**decoder_inputs(batch)).logits[:, :-1][learned]
+    base = model.get_base_model()
+    hidden = base.get_decoder()(**decoder_inputs(batch)).last_hidden_state
+    return base.get_output_embeddings()(hidden[:, :-1][learned])
+
+
+def replay_kl(model: PeftModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean KL(base || adapter) per labelled token of the batch's replay rows (`batch["replay"]`); 0 without any.
+
+    Cross-entropy on the base model's greedy reply only asks the adapter to keep the base's top token;
+    the KL asks it to keep the base's whole next-token distribution on general text. The replay rows
+    run once more with the adapter and once without it (no gradient); task rows cost nothing extra.
+    """
+    rows = batch.get("replay")
+    if rows is None or not bool(rows.any()):
+        return torch.zeros((), device=batch["input_ids"].device)
+    replayed = {key: batch[key][rows] for key in ("input_ids", "attention_mask", "labels")}
+    adapter = labelled_logits(model, replayed).float().log_softmax(-1)
+    with torch.no_grad(), base_model_outputs(model):
+        base = labelled_logits(model, replayed).float().log_softmax(-1)
+    return F.kl_div(adapter, base, log_target=True, reduction="batchmean")  # sum over the vocabulary, mean over tokens
+
+
+def check_replay_kl(weight: float, packing: bool) -> None:
+    """`model.replay_kl` needs a non-negative weight and padded batches (a packed row has no replay rows to mark)."""
+    if weight < 0:
+        raise ConfigurationError(f"model.replay_kl is {weight}; expected a weight >= 0 (0 turns the KL off)")
+    if weight and packing:
+        raise ConfigurationError("model.replay_kl needs padded batches: set data.packing: false, or model.replay_kl: 0")

@@ -21,7 +21,7 @@ from src.evaluation.math_evaluator import LOSS_LOADER, MathEvaluator, warn_if_re
 from src.evaluation.retention_eval import RetentionEvaluator
 from src.evaluation.settings import GenerationSettings, RetentionSettings
 from src.models.builder import build_tutor_model, check_sources
-from src.models.loss import causal_lm_loss
+from src.models.loss import causal_lm_loss, check_replay_kl, replay_kl
 from src.models.optimizers import build_optimizer_and_schedule
 from src.models.precision import weight_dtype
 from src.models.quantization import Quantization
@@ -62,6 +62,7 @@ class TutorModule(L.LightningModule):
         chat_template: linked from `data.chat_template`.
         seed: seed of random initialisation.
         packing: linked from `data.packing`; packed batches need a model that keeps examples apart.
+        replay_kl: weight of KL(base || adapter) on the replay rows (`data.replay_ratio`), added to the loss; 0: off.
     """
 
     def __init__(
@@ -72,7 +73,7 @@ class TutorModule(L.LightningModule):
         retention: RetentionSettings = RetentionSettings(), gradient_checkpointing: bool = False,
         attn_implementation: str | None = None, compile: bool = False, quantization: Quantization | None = None,
         evaluate_base: bool = True, system_prompt: str | None = None, chat_template: str | None = None,
-        seed: int = 0, packing: bool = False,
+        seed: int = 0, packing: bool = False, replay_kl: float = 0.0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -80,6 +81,7 @@ class TutorModule(L.LightningModule):
             self.hparams[name] = settings_dict(settings_of(kind, self.hparams[name]))
         self.generation = settings_of(GenerationSettings, generation)
         check_sources(self.hparams)
+        check_replay_kl(replay_kl, packing)
         self.strict_loading = False  # checkpoints hold only the trainable LoRA weights (see on_save_checkpoint)
         self.model = self.tokenizer = self.formatter = None
         self.evaluator = MathEvaluator(self.generation.wrong_answers_logged)
@@ -130,6 +132,10 @@ class TutorModule(L.LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
         loss = causal_lm_loss(self.model, batch)
+        if self.hparams.replay_kl:
+            kl = replay_kl(self.model, batch)
+            self.log("train/replay_kl", kl)
+            loss = loss + self.hparams.replay_kl * kl
         if not torch.isfinite(loss) and self._handled_divergence("training loss", loss.item()):
             return None  # Lightning skips backward and the optimizer step for this batch
         # Counted here: callbacks' on_train_batch_end (ModelCheckpoint) runs before the module's.

@@ -6,6 +6,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import lightning as L
+import pytest
+
 from src.data.replay import REPLAY_KIND
 from src.sources.offline_default import cache_root
 from test_tutor_module import make_datamodule, make_module, make_trainer
@@ -77,3 +80,18 @@ def test_the_base_model_writes_further_replay_prompts_once(tiny_model_dir: Path,
     assert len(writing["prompts"]) == 2 * 3  # two tries per prompt asked for: filtering drops some
     # Replies to the file's prompts, then to any the model wrote (a random tiny model may write none usable).
     assert any(entry["prompts"][: len(PROMPTS)] == PROMPTS for entry in stored(cached_reply_files()))
+
+
+def test_replay_kl_adds_the_base_models_distribution_on_replay_rows_to_the_loss(tiny_model_dir: Path, tmp_path: Path) -> None:
+    data = replay_datamodule(tiny_model_dir, tmp_path, ratio=1.0)
+    logged: list[float] = []
+
+    class RecordKL(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            logged.append(float(trainer.callback_metrics["train/replay_kl"]))
+
+    trainer = make_trainer(tmp_path, 6, callbacks=[RecordKL()])
+    trainer.fit(make_module(tiny_model_dir, replay_kl=1.0), datamodule=data)
+    assert len(logged) == 6 and all(kl >= 0 for kl in logged)
+    assert logged[0] == pytest.approx(0.0, abs=1e-6)  # a fresh adapter is the base model
+    assert max(logged) > 0  # once the adapter has moved, replay rows pull it back

@@ -1,0 +1,60 @@
+"""replay_kl: KL(base || adapter) per labelled token of the replay rows only; 0 for an adapter that leaves
+the model alone, positive once it changes it, with gradients only through the adapter."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from src.errors import ConfigurationError
+from src.models.lora import attach_lora
+from src.models.loss import check_replay_kl, labelled_logits, replay_kl
+from test_loss import padded_batch, tiny_gemma2, tiny_llama, with_lora
+
+
+def with_replay(batch: dict[str, torch.Tensor], rows: list[bool]) -> dict[str, torch.Tensor]:
+    return {**batch, "replay": torch.tensor(rows)}
+
+
+@pytest.mark.parametrize("build", [tiny_llama, tiny_gemma2])  # the label-only path and HF's full-logit path
+def test_an_untouched_adapter_is_at_zero_kl(build) -> None:
+    torch.manual_seed(0)
+    fresh = attach_lora(build(), r=4, alpha=8, dropout=0.0, target_modules="all-linear")  # B = 0
+    assert replay_kl(fresh, with_replay(padded_batch(), [True, False, True])).item() == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("build", [tiny_llama, tiny_gemma2])
+def test_an_adapter_that_changes_the_model_has_positive_kl_with_gradients_to_the_adapter_only(build) -> None:
+    torch.manual_seed(0)
+    model = with_lora(build()).train()
+    kl = replay_kl(model, with_replay(padded_batch(), [True, False, True]))
+    assert kl.item() > 1e-3
+    kl.backward()
+    graded = {name for name, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert graded and all("lora_" in name for name in graded)
+
+
+def test_only_the_replay_rows_count() -> None:
+    torch.manual_seed(0)
+    model = with_lora(tiny_llama())
+    batch = padded_batch()
+    first_only = replay_kl(model, with_replay(batch, [True, False, False]))
+    alone = {key: value[:1] for key, value in batch.items()}
+    assert first_only.item() == pytest.approx(replay_kl(model, with_replay(alone, [True])).item(), rel=1e-5)
+    assert replay_kl(model, with_replay(batch, [False, False, False])).item() == 0.0
+    assert replay_kl(model, batch).item() == 0.0  # a batch without the replay column (no replay)
+
+
+def test_labelled_logits_are_one_row_per_labelled_position() -> None:
+    batch = padded_batch()
+    logits = labelled_logits(with_lora(tiny_llama()), batch)
+    assert logits.shape == (int((batch["labels"][:, 1:] != -100).sum()), 64)
+
+
+def test_a_negative_weight_or_packed_batches_are_refused() -> None:
+    check_replay_kl(0.5, packing=False)
+    check_replay_kl(0.0, packing=True)
+    with pytest.raises(ConfigurationError, match="model.replay_kl is -1"):
+        check_replay_kl(-1.0, packing=False)
+    with pytest.raises(ConfigurationError, match="data.packing: false"):
+        check_replay_kl(0.5, packing=True)
