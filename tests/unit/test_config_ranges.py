@@ -41,6 +41,7 @@ MODEL_CASES = {
     "retention.eval_size": ([None, 1, 64], [0, -1]),
     "retention.base_size": ([None, 8], [0]),
     "seed": ([0, 2**32 - 1], [-1, 2**32]),
+    "replay_kl": ([0.0, 0.5, 4], [-0.1]),
 }
 DATA_CASES = {
     "format": (["auto", "chat"], ["jsonl"]),
@@ -53,6 +54,7 @@ DATA_CASES = {
     "math_eval_size": ([None, 0, 400], [-1]),
     "loss_eval_size": ([None, 1], [0]),
     "replay_ratio": ([0.0, 0.1, 10], [-0.1, 11]),
+    "replay_self_prompts": ([0, 256], [-1]),
     "num_workers": ([0, 2], [-1]),
 }
 CALLBACK_CASES = {
