@@ -6,6 +6,7 @@ module); the generating and grading itself is `src.evaluation`'s.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -67,7 +68,11 @@ def mix_in_replay(module: TutorModule) -> None:
     datamodule = module.trainer.datamodule
     if isinstance(datamodule, AcceptsReplay) and (datamodule.replay_prompts or datamodule.replay_self_prompts):
         prompts = datamodule.replay_prompts + base_written_prompts(module, datamodule.replay_self_prompts)
-        datamodule.add_replay(prompts, base_replay_replies(module, prompts))
+        started = time.perf_counter()
+        replies = base_replay_replies(module, prompts)
+        rank_zero_info(f"Replay: the base model's replies to {len(prompts)} prompts in "
+                       f"{time.perf_counter() - started:.0f} s (cached after the first run).")
+        datamodule.add_replay(prompts, replies)
 
 
 def base_replay_replies(module: TutorModule, prompts: list[str]) -> list[str]:
@@ -83,11 +88,13 @@ def base_written_prompts(module: TutorModule, count: int) -> list[str]:
         return []
     folder = module.hparams.retention.get("dir")
     exclude = retention_prompts(Path(folder)) if folder else []
+    started = time.perf_counter()
     with module.trainer.precision_plugin.forward_context():
         prompts = self_written_prompts(module.model, module.formatter, count, str(module.trainer.precision),
                                        exclude, ReplyCache())
     rank_zero_info(f"Replay: the base model wrote {len(prompts)} of {count} general prompts asked for "
-                   f"(digits and near copies of the {len(exclude)} retention prompts left out).")
+                   f"(digits and near copies of the {len(exclude)} retention prompts left out) in "
+                   f"{time.perf_counter() - started:.0f} s (cached: a second run writes nothing).")
     return prompts
 
 
