@@ -14,7 +14,6 @@ are dropped.
 from __future__ import annotations
 
 import re
-import unicodedata
 from collections.abc import Iterable, Sequence
 
 import torch
@@ -23,6 +22,7 @@ from peft import PeftModel
 from src.data.chat_format import ChatFormatter
 from src.data.collate import PromptCollator
 from src.evaluation.reply_cache import ReplyCache, base_reply_key
+from src.metrics.retention import normalize
 from src.models.lora import base_model_outputs
 
 OPENINGS = (
@@ -126,9 +126,8 @@ def keep_general_prompts(written: Iterable[str], exclude: Sequence[str], count: 
 
 
 def words(text: str) -> frozenset[str]:
-    """Lower-case words without accents: "¿Cuál es la capital?" and "cual es la capital" are the same."""
-    plain = unicodedata.normalize("NFKD", text.lower()).encode("ascii", "ignore").decode()
-    return frozenset(re.findall(r"[a-z]+", plain))
+    """The retention rule's normalised words: "¿Cuál es la capital?" and "cual es la capital" are the same."""
+    return frozenset(normalize(text).split())
 
 
 def jaccard(a: frozenset[str], b: frozenset[str]) -> float:

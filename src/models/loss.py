@@ -34,21 +34,18 @@ def causal_lm_loss(model: PeftModel, batch: dict[str, torch.Tensor]) -> torch.Te
     """Mean next-token cross-entropy over labelled positions (the same value as HF's `loss`)."""
     if not supports_label_only_logits(model):
         return model(**decoder_inputs(batch), labels=batch["labels"]).loss
-    base = model.get_base_model()
-    hidden = base.get_decoder()(**decoder_inputs(batch)).last_hidden_state  # (B, T, H); packed: (1, ΣT, H)
     targets = batch["labels"][:, 1:]  # (B, T-1): position t predicts token t+1
-    learned = targets != IGNORE_INDEX
-    logits = base.get_output_embeddings()(hidden[:, :-1][learned])  # (N, V) for the N labelled positions
-    return F.cross_entropy(logits.float(), targets[learned])
+    return F.cross_entropy(labelled_logits(model, batch).float(), targets[targets != IGNORE_INDEX])
 
 
 def labelled_logits(model: PeftModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """(N, V) vocabulary logits at the N labelled positions of a padded batch, in the order of `causal_lm_loss`."""
+    """(N, V) vocabulary logits at the N labelled positions of a padded or packed batch (label-only where the
+    head allows it)."""
     learned = batch["labels"][:, 1:] != IGNORE_INDEX
     if not supports_label_only_logits(model):
         return model(**decoder_inputs(batch)).logits[:, :-1][learned]
     base = model.get_base_model()
-    hidden = base.get_decoder()(**decoder_inputs(batch)).last_hidden_state
+    hidden = base.get_decoder()(**decoder_inputs(batch)).last_hidden_state  # (B, T, H); packed: (1, ΣT, H)
     return base.get_output_embeddings()(hidden[:, :-1][learned])
 
 
