@@ -62,7 +62,7 @@ def questions(data: TutorDataModule, limit: int | None) -> list[dict[str, Any]]:
 def project_answers(module: TutorModule, data: TutorDataModule, items: list[dict[str, Any]]) -> list[str]:
     """`TutorModule`'s own generation over the data module's own math loader, mapped back to file order."""
     data.math_items = items
-    replies = [reply for batch in data.math_dataloader() for reply in module.answer_batch(batch)]
+    replies = [reply for batch in data.math_dataloader() for reply in module.answerer.answer_batch(batch)]
     order = sorted(range(len(items)), key=lambda i: -len(items[i]["prompt_ids"]))  # the loader's (stable) order
     answers = [""] * len(items)
     for position, index in enumerate(order):

@@ -379,7 +379,7 @@ class RunReport(Callback):
         pl_module.eval()
         try:
             with torch.no_grad():
-                replies = pl_module.generate_replies(conversations)
+                replies = pl_module.answerer.reply(conversations)
         except Exception as err:  # noqa: BLE001 (a failed demo must not fail a finished, saved run)
             rank_zero_warn(
                 f"RunReport could not generate sample answers ({type(err).__name__}: {err}); "

@@ -7,6 +7,7 @@ answer through these two functions, so every number the project reports comes fr
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -50,3 +51,24 @@ def conversation_replies(
     finally:
         model.train(was_training)
     return replies
+
+
+@dataclass(frozen=True)
+class Answerer:
+    """A model with the tokenizer, prompt format and reply budget it answers with: what validation, the
+    callbacks and the tools ask questions through, so the training module need not carry an inference API."""
+
+    model: torch.nn.Module
+    tokenizer: PreTrainedTokenizerBase
+    formatter: ChatFormatter
+    max_new_tokens: int
+
+    def answer_batch(self, batch: dict[str, Any]) -> list[str]:
+        """Greedy replies to a collated prompt batch, within `max_new_tokens`."""
+        return batch_replies(self.model, self.tokenizer, self.formatter, batch, self.max_new_tokens)
+
+    def reply(self, conversations: Sequence[list[Message]], batch_size: int = 16) -> list[str]:
+        """Greedy answers to conversations ending with a user turn, in eval mode."""
+        return conversation_replies(
+            self.model, self.tokenizer, self.formatter, conversations, self.max_new_tokens, batch_size
+        )

@@ -64,6 +64,10 @@ class MathEvaluator(torch.nn.Module):
     def graded_sets(self) -> list[str]:
         return [name for name in self.set_names if self.accuracies[name].update_count]
 
+    def epoch_metrics(self) -> dict[str, float]:
+        """`compute` of every set graded since the last call, in one dict."""
+        return {key: value for name in self.graded_sets() for key, value in self.compute(name).items()}
+
     def compute(self, name: str) -> dict[str, float]:
         """`<set>/math_acc`, `_strict`, `_count`, `<set>/math_acc/<kind>` and `<set>/steps/<type>/...`;
         the metrics are reset."""

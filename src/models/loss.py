@@ -38,6 +38,18 @@ def causal_lm_loss(model: PeftModel, batch: dict[str, torch.Tensor]) -> torch.Te
     return F.cross_entropy(labelled_logits(model, batch).float(), targets[targets != IGNORE_INDEX])
 
 
+def training_loss(
+    model: PeftModel, batch: dict[str, torch.Tensor], replay_kl_weight: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The loss a training step minimises: cross-entropy on the labels, plus `replay_kl_weight` times the
+    replay rows' KL toward the base model; returns (loss, that KL or None when the weight is 0)."""
+    loss = causal_lm_loss(model, batch)
+    if not replay_kl_weight:
+        return loss, None
+    kl = replay_kl(model, batch)
+    return loss + replay_kl_weight * kl, kl
+
+
 def labelled_logits(model: PeftModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """(N, V) vocabulary logits at the N labelled positions of a padded or packed batch (label-only where the
     head allows it)."""

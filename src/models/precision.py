@@ -9,6 +9,7 @@ bf16 at all (fp16 there).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -77,3 +78,11 @@ def weight_dtype(precision: str | int | None) -> torch.dtype:
     if name.startswith("16"):
         return torch.float16
     return torch.float32
+
+
+def placement(trainer: Any | None) -> tuple[torch.device, torch.dtype]:
+    """Where a module's weights go and in which dtype: the trainer's device and precision, or fp32 on
+    the CPU for a module used outside a trainer (tools, tests)."""
+    if trainer is None:
+        return torch.device("cpu"), torch.float32
+    return trainer.strategy.root_device, weight_dtype(trainer.precision)

@@ -42,7 +42,7 @@ def answer_questions(module: TutorModule, questions: Sequence[Question], batch_s
     replies: list[str] = [""] * len(items)
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
-        for index, reply in zip(chunk, module.answer_batch(collate([items[i] for i in chunk]))):
+        for index, reply in zip(chunk, module.answerer.answer_batch(collate([items[i] for i in chunk]))):
             replies[index] = reply
     return replies
 

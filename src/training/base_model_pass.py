@@ -41,7 +41,7 @@ def base_math(module: TutorModule) -> dict[str, float] | None:
     precision = str(module.trainer.precision)
     # The base weights are named by a fingerprint of their values, so a changed local model never hits.
     key = base_reply_key(module.model, module.formatter, module.generation.max_new_tokens, precision)
-    return evaluate_base(module.evaluator, module.model, loaders, module.answer_batch,
+    return evaluate_base(module.evaluator, module.model, loaders, module.answerer.answer_batch,
                          module.trainer.precision_plugin.forward_context(), module.loggers, ReplyCache(), key)
 
 

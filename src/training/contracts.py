@@ -11,7 +11,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch.utils.data import DataLoader
 
-from src.data.conversation import Message
+from src.evaluation.answers import Answerer
 from src.training.divergence import DivergencePolicy
 from src.training.progress import TrainProgress
 
@@ -32,7 +32,8 @@ class ReportedTutor(Protocol):
     progress: TrainProgress
     model: torch.nn.Module | None
 
-    def generate_replies(self, conversations: list[list[Message]], batch_size: int = 16) -> list[str]: ...
+    @property
+    def answerer(self) -> Answerer: ...
 
 
 @runtime_checkable

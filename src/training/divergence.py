@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+
+import torch
+from lightning.pytorch.utilities import grad_norm
 
 from src.errors import TutorTuneError
 
@@ -21,6 +25,21 @@ class DivergencePolicy:
     def __init__(self) -> None:
         self.handlers: list[DivergenceHandler] = []
         self.handled = 0
+
+    def skips_loss(self, loss: torch.Tensor, step: int, learning_rate: float) -> bool:
+        """True when the training loss is NaN/Inf and a handler dealt with it: skip backward and the step."""
+        return not bool(torch.isfinite(loss)) and self.handle("training loss", loss.item(), step, learning_rate)
+
+    def checked_grad_norm(
+        self, model: torch.nn.Module, step: int, learning_rate: float, skips_inf: bool = False
+    ) -> float | None:
+        """The total L2 gradient norm, or None when it is NaN/Inf and a handler dealt with it (clearing the
+        gradients). `skips_inf`: the precision plugin skips non-finite steps by itself (16-mixed's scaler)."""
+        total = grad_norm(model, norm_type=2).get("grad_2.0_norm_total", 0.0)
+        if math.isfinite(total) or skips_inf:
+            return total if math.isfinite(total) else None
+        self.handle("gradient norm", total, step, learning_rate)
+        return None
 
     def handle(self, what: str, value: float, step: int, learning_rate: float) -> bool:
         """True when a handler dealt with the non-finite `value` (skip the step); raises otherwise."""

@@ -7,23 +7,20 @@ module's `divergence` policy (`src.training.divergence`) and the run's totals ar
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities import grad_norm
 from torchmetrics import MeanMetric
 
-from src.data.conversation import Message
-from src.evaluation.answers import batch_replies, conversation_replies
+from src.evaluation.answers import Answerer
 from src.evaluation.math_evaluator import LOSS_LOADER, MathEvaluator, warn_if_replies_are_cut
 from src.evaluation.retention_eval import RetentionEvaluator
 from src.evaluation.settings import GenerationSettings, RetentionSettings
 from src.models.builder import build_tutor_model, check_sources
-from src.models.loss import causal_lm_loss, check_replay_kl, replay_kl
+from src.models.loss import causal_lm_loss, check_replay_kl, training_loss
 from src.models.optimizers import build_optimizer_and_schedule
-from src.models.precision import weight_dtype
+from src.models.precision import placement
 from src.models.quantization import Quantization
 from src.models.settings import LoraSettings, OptimizerSettings, settings_dict, settings_of
 from src.sources.offline_default import OFFLINE_DEFAULT
@@ -97,9 +94,7 @@ class TutorModule(L.LightningModule):
 
     def configure_model(self) -> None:
         if self.model is None:
-            device = self.trainer.strategy.root_device if self._trainer is not None else torch.device("cpu")
-            dtype = weight_dtype(self.trainer.precision) if self._trainer is not None else torch.float32
-            built = build_tutor_model(self.hparams, device, dtype)
+            built = build_tutor_model(self.hparams, *placement(self._trainer))
             self.model, self.tokenizer, self.formatter = built.model, built.tokenizer, built.formatter
 
     def setup(self, stage: str) -> None:
@@ -131,40 +126,35 @@ class TutorModule(L.LightningModule):
         self.progress.start_batch()
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
-        loss = causal_lm_loss(self.model, batch)
-        if self.hparams.replay_kl:
-            kl = replay_kl(self.model, batch)
-            self.log("train/replay_kl", kl)
-            loss = loss + self.hparams.replay_kl * kl
-        if not torch.isfinite(loss) and self._handled_divergence("training loss", loss.item()):
+        loss, kl = training_loss(self.model, batch, self.hparams.replay_kl)
+        if self.divergence.skips_loss(loss, self.global_step, self.hparams.optimizer["learning_rate"]):
             return None  # Lightning skips backward and the optimizer step for this batch
         # Counted here: callbacks' on_train_batch_end (ModelCheckpoint) runs before the module's.
         self.progress.count(batch, self.trainer.strategy)
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
+        if kl is not None:
+            self.log("train/replay_kl", kl)
         return loss
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         # After backward and before clipping, with unscaled gradients; 16-mixed skips inf gradients by design.
-        total = grad_norm(self.model, norm_type=2).get("grad_2.0_norm_total", 0.0)
-        if not math.isfinite(total) and self.trainer.precision != "16-mixed":
-            self._handled_divergence("gradient norm", total)  # a handler that returns cleared the gradients
-            return
-        self.log("train/grad_norm", total)
+        total = self.divergence.checked_grad_norm(
+            self.model, self.global_step, self.hparams.optimizer["learning_rate"], self.trainer.precision == "16-mixed"
+        )
+        if total is not None:
+            self.log("train/grad_norm", total)
 
     def on_train_batch_end(self, outputs: Any, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         self.log("train/tokens_per_sec", self.progress.end_batch())
-
-    def _handled_divergence(self, what: str, value: float) -> bool:
-        learning_rate = self.hparams.optimizer["learning_rate"]
-        return self.divergence.handle(what, value, self.global_step, learning_rate)
 
     # --------------------------------------------------------------------------------- evaluation
     def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
         if dataloader_idx == LOSS_LOADER:
             self.val_loss.update(causal_lm_loss(self.model, batch), weight=(batch["labels"] != -100).sum())
         else:
-            self.evaluator.grade(self.evaluator.set_of_loader(dataloader_idx), batch, self.answer_batch(batch))
+            held_out_set = self.evaluator.set_of_loader(dataloader_idx)
+            self.evaluator.grade(held_out_set, batch, self.answerer.answer_batch(batch))
 
     def on_validation_epoch_end(self) -> None:
         if self.val_loss.update_count:
@@ -173,30 +163,21 @@ class TutorModule(L.LightningModule):
             self.log("val/loss", loss, prog_bar=True, sync_dist=True)
             self.log("val/ppl", torch.exp(loss), sync_dist=True)
             self.val_loss.reset()
-        for name in self.evaluator.graded_sets():
-            self.log_dict(self.evaluator.compute(name), prog_bar=False, sync_dist=True)
+        self.log_dict(self.evaluator.epoch_metrics(), sync_dist=True)
         if self.retention is not None and not self.trainer.sanity_checking:
             self.log_dict(adapter_retention(self), sync_dist=True)
         self.evaluator.log_wrong_answers(self.logger, self.global_step)
 
-    def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
-        self.validation_step(batch, batch_idx, dataloader_idx)
-
-    def on_test_epoch_end(self) -> None:
-        self.on_validation_epoch_end()
+    test_step = validation_step  # `test` measures what `validate` does, on the loaders it is given
+    on_test_epoch_end = on_validation_epoch_end
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[str]:
-        return self.answer_batch(batch)
+        return self.answerer.answer_batch(batch)
 
-    def answer_batch(self, batch: dict[str, Any]) -> list[str]:
-        """Greedy replies to a collated prompt batch, within `max_new_tokens`."""
-        return batch_replies(self.model, self.tokenizer, self.formatter, batch, self.generation.max_new_tokens)
-
-    def generate_replies(self, conversations: list[list[Message]], batch_size: int = 16) -> list[str]:
-        """Greedy answers to conversations ending with a user turn (samples and the run report)."""
-        return conversation_replies(
-            self.model, self.tokenizer, self.formatter, conversations, self.generation.max_new_tokens, batch_size
-        )
+    @property
+    def answerer(self) -> Answerer:
+        """The model as it answers questions, with this run's reply budget (validation, callbacks, tools)."""
+        return Answerer(self.model, self.tokenizer, self.formatter, self.generation.max_new_tokens)
 
     # -------------------------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

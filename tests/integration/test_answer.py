@@ -9,7 +9,7 @@ import pytest
 
 from conftest import arithmetic_rows, write_jsonl
 from src.training.lightning_cli import cli_main
-from src.training.tutor_module import TutorModule
+from src.evaluation.answers import Answerer
 from src.tools import run_tool
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,7 +35,7 @@ def val_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def validate_replies(model_dir: Path, adapter_dir: Path, val_file: Path, run_dir: Path) -> tuple[dict[str, str], float]:
     """Every (question, reply) `validate` generates, and the math accuracy it logs."""
     seen: dict[str, str] = {}
-    original = TutorModule.answer_batch
+    original = Answerer.answer_batch
 
     def spy(self, batch):
         replies = original(self, batch)
@@ -43,7 +43,7 @@ def validate_replies(model_dir: Path, adapter_dir: Path, val_file: Path, run_dir
         return replies
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(TutorModule, "answer_batch", spy)
+        patch.setattr(Answerer, "answer_batch", spy)
         cli = cli_main(
             [
                 "validate", *model_args(model_dir, adapter_dir),

@@ -1,6 +1,6 @@
 """A stand-in tutor module for the callback tests: a tiny random Llama with LoRA, scripted math scores.
 
-It honours the contract the callbacks rely on (`model`, `tokenizer`, `generate_replies`,
+It honours the contract the callbacks rely on (`model`, `tokenizer`, `answerer`,
 `base_math_metrics`, `progress` and the logged metric keys)
 without any download, so each Trainer run takes a second or two on a CPU.
 """
@@ -118,8 +118,19 @@ class StandInTutor(LightningModule):
         acc = self.base_acc if self.global_step == 0 else self.math_acc_by_step.get(self.global_step, 0.0)
         self.log_dict({"val/math_acc": acc, "val/math_acc_strict": acc * 0.5, "val/math_acc/add_2d": acc})
 
-    def generate_replies(self, conversations: list[list[dict[str, str]]], batch_size: int = 16) -> list[str]:
-        self.generate_calls.append(conversations)
+    @property
+    def answerer(self) -> CannedAnswerer:
+        return CannedAnswerer(self.generate_calls)
+
+
+class CannedAnswerer:
+    """Answers every conversation with a numbered canned reply and records what it was asked."""
+
+    def __init__(self, calls: list) -> None:
+        self.calls = calls
+
+    def reply(self, conversations: list[list[dict[str, str]]], batch_size: int = 16) -> list[str]:
+        self.calls.append(conversations)
         return [f"canned reply {i}" for i in range(len(conversations))]
 
 

@@ -67,8 +67,8 @@ def test_prompts_have_different_lengths(tutor: TutorModule) -> None:
 
 
 def test_batched_replies_equal_one_at_a_time(tutor: TutorModule) -> None:
-    batched = tutor.generate_replies(CONVERSATIONS)
-    single = [tutor.generate_replies([conversation])[0] for conversation in CONVERSATIONS]
+    batched = tutor.answerer.reply(CONVERSATIONS)
+    single = [tutor.answerer.reply([conversation])[0] for conversation in CONVERSATIONS]
     assert batched == single
     assert all(reply for reply in batched)  # a random model emits text, not an immediate stop
 
@@ -106,7 +106,7 @@ def test_end_of_turn_ids_of_the_tutor_are_im_end(tutor: TutorModule) -> None:
     assert tutor.formatter.end_of_turn_ids == {tutor.tokenizer.convert_tokens_to_ids("<|im_end|>")} == {2}
 
 
-def test_generate_replies_restores_training_mode(tutor: TutorModule) -> None:
+def test_replies_restore_training_mode(tutor: TutorModule) -> None:
     tutor.model.train()
-    tutor.generate_replies(CONVERSATIONS[:1])
+    tutor.answerer.reply(CONVERSATIONS[:1])
     assert tutor.model.training

@@ -4,12 +4,13 @@ base weights take the compute dtype of the precision."""
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 import src.models.precision as precision
-from src.models.precision import cpu_flags, cpu_has_fast_bf16, resolve_precision, weight_dtype
+from src.models.precision import cpu_flags, cpu_has_fast_bf16, placement, resolve_precision, weight_dtype
 
 AVX2_ONLY = "processor\t: 0\nflags\t\t: fpu sse sse2 avx avx2 fma\n"
 AVX512_BF16 = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni\n"
@@ -95,3 +96,9 @@ def test_without_proc_cpuinfo_onednns_capability_decides(
     monkeypatch.setattr(precision, "CPUINFO", tmp_path / "missing")
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
     assert cpu_has_fast_bf16() is fast
+
+
+def test_a_module_outside_a_trainer_is_placed_in_fp32_on_the_cpu_and_inside_one_where_the_trainer_says() -> None:
+    assert placement(None) == (torch.device("cpu"), torch.float32)
+    trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device("meta")), precision="bf16-true")
+    assert placement(trainer) == (torch.device("meta"), torch.bfloat16)

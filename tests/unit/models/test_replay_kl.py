@@ -8,7 +8,7 @@ import torch
 
 from src.errors import ConfigurationError
 from src.models.lora import attach_lora
-from src.models.loss import check_replay_kl, labelled_logits, replay_kl
+from src.models.loss import causal_lm_loss, check_replay_kl, labelled_logits, replay_kl, training_loss
 from test_loss import padded_batch, tiny_gemma2, tiny_llama, with_lora
 
 
@@ -58,3 +58,16 @@ def test_a_negative_weight_or_packed_batches_are_refused() -> None:
         check_replay_kl(-1.0, packing=False)
     with pytest.raises(ConfigurationError, match="data.packing: false"):
         check_replay_kl(0.5, packing=True)
+
+
+def test_the_training_loss_adds_the_weighted_kl_and_leaves_it_out_at_weight_zero() -> None:
+    torch.manual_seed(0)
+    model = with_lora(tiny_llama()).eval()
+    batch = with_replay(padded_batch(), [True, False, True])
+    cross_entropy, kl = causal_lm_loss(model, batch), replay_kl(model, batch)
+    plain, no_kl = training_loss(model, batch, 0.0)
+    assert no_kl is None
+    torch.testing.assert_close(plain, cross_entropy)
+    loss, logged = training_loss(model, batch, 0.5)
+    torch.testing.assert_close(logged, kl)
+    torch.testing.assert_close(loss, cross_entropy + 0.5 * kl)

@@ -17,7 +17,7 @@ import torch
 from lightning.pytorch import Callback
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-import src.training.tutor_module as tutor_module
+import src.models.loss as loss_module
 from conftest import arithmetic_rows, write_jsonl
 from src.callbacks.adapter_checkpoint import AdapterCheckpoint
 from src.data.datamodule import TutorDataModule
@@ -255,8 +255,8 @@ def saved_adapter(two_steps: dict[str, Any], tmp_path: Path) -> Path:
 def test_nan_loss_stops_training_and_leaves_saved_adapters(
     tiny_model_dir: Path, tmp_path: Path, saved_adapter: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_loss = tutor_module.causal_lm_loss
-    monkeypatch.setattr(tutor_module, "causal_lm_loss", lambda model, batch: real_loss(model, batch) * math.nan)
+    real_loss = loss_module.causal_lm_loss
+    monkeypatch.setattr(loss_module, "causal_lm_loss", lambda model, batch: real_loss(model, batch) * math.nan)
     saved = folder_bytes(saved_adapter)
     trainer = make_trainer(tmp_path, 2, [AdapterCheckpoint(dirpath=str(saved_adapter))])
     with pytest.raises(NonFiniteTrainingError) as error:

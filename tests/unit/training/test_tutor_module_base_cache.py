@@ -7,20 +7,20 @@ from pathlib import Path
 
 import pytest
 
-from src.training.tutor_module import TutorModule
+from src.evaluation.answers import Answerer
 from test_tutor_module import make_datamodule, make_module, make_trainer
 
 
 def base_run(model_dir: Path, folder: Path, monkeypatch: pytest.MonkeyPatch, **module_args) -> tuple[dict, int]:
     """The base metrics of a fresh run, and how many batches the base evaluation generated answers for."""
     calls = []
-    original = TutorModule.answer_batch
+    original = Answerer.answer_batch
 
     def counting(self, batch):
         calls.append(len(batch["question"]))
         return original(self, batch)
 
-    monkeypatch.setattr(TutorModule, "answer_batch", counting)
+    monkeypatch.setattr(Answerer, "answer_batch", counting)
     module = make_module(model_dir, **module_args)
     module.on_train_start = lambda: None  # measured below, alone
     make_trainer(folder, 1).fit(module, datamodule=make_datamodule(model_dir, folder))
