@@ -42,11 +42,20 @@ def training_loss(
     model: PeftModel, batch: dict[str, torch.Tensor], replay_kl_weight: float = 0.0
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The loss a training step minimises: cross-entropy on the labels, plus `replay_kl_weight` times the
-    replay rows' KL toward the base model; returns (loss, that KL or None when the weight is 0)."""
-    loss = causal_lm_loss(model, batch)
-    if not replay_kl_weight:
-        return loss, None
-    kl = replay_kl(model, batch)
+    replay rows' KL toward the base model; returns (loss, that KL or None when the weight is 0).
+
+    With the KL on, one adapter forward serves both terms: the replay rows' logits are already among the
+    batch's labelled logits, so only the base model's pass over those rows (no gradient) is extra.
+    """
+    rows = batch.get("replay")
+    if not replay_kl_weight or rows is None or not bool(rows.any()):
+        loss = causal_lm_loss(model, batch)
+        return loss, (torch.zeros((), device=loss.device) if replay_kl_weight else None)
+    learned = batch["labels"][:, 1:] != IGNORE_INDEX
+    logits = labelled_logits(model, batch).float()  # (N, V), row-major over the labelled positions
+    loss = F.cross_entropy(logits, batch["labels"][:, 1:][learned])
+    on_replay = rows[learned.nonzero()[:, 0]]  # which labelled positions belong to a replay row
+    kl = _kl_to_base(logits[on_replay], model, _rows(batch, rows))
     return loss + replay_kl_weight * kl, kl
 
 
@@ -65,16 +74,25 @@ def replay_kl(model: PeftModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Mean KL(base || adapter) per labelled token of the batch's replay rows (`batch["replay"]`); 0 without any.
 
     Cross-entropy on the base model's greedy reply only asks the adapter to keep the base's top token;
-    the KL asks it to keep the base's whole next-token distribution on general text. The replay rows
-    run once more with the adapter and once without it (no gradient); task rows cost nothing extra.
+    the KL asks it to keep the base's whole next-token distribution on general text. Standalone, the
+    replay rows run with the adapter and without it (no gradient); `training_loss` reuses its adapter pass.
     """
     rows = batch.get("replay")
     if rows is None or not bool(rows.any()):
         return torch.zeros((), device=batch["input_ids"].device)
-    replayed = {key: batch[key][rows] for key in ("input_ids", "attention_mask", "labels")}
-    adapter = labelled_logits(model, replayed).float().log_softmax(-1)
+    replayed = _rows(batch, rows)
+    return _kl_to_base(labelled_logits(model, replayed).float(), model, replayed)
+
+
+def _rows(batch: dict[str, torch.Tensor], rows: torch.Tensor) -> dict[str, torch.Tensor]:
+    return {key: batch[key][rows] for key in ("input_ids", "attention_mask", "labels")}
+
+
+def _kl_to_base(adapter_logits: torch.Tensor, model: PeftModel, replayed: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean KL(base || adapter) per labelled token, given the adapter's logits at `replayed`'s labelled positions."""
     with torch.no_grad(), base_model_outputs(model):
         base = labelled_logits(model, replayed).float().log_softmax(-1)
+    adapter = adapter_logits.log_softmax(-1)
     return F.kl_div(adapter, base, log_target=True, reduction="batchmean")  # sum over the vocabulary, mean over tokens
 
 
