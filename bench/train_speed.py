@@ -99,7 +99,7 @@ def build_cli(options: argparse.Namespace) -> TutorCLI:
     args += ["--model.evaluate_base", "false", "--data.packing", str(options.packing).lower()]
     # Replay rows are the base model's generations, mixed in by the module once it is built; both sides
     # time steps on the same task rows instead.
-    args += ["--data.replay_ratio", "0"]
+    args += ["--data.replay_ratio", "0", "--model.replay_kl", "0"]
     if options.compile:
         args += ["--model.compile", "true"]
     return TutorCLI(TutorModule, TutorDataModule, trainer_class=TutorTrainer, args=args + options.overrides, run=False)
