@@ -20,19 +20,15 @@ import time
 from collections.abc import Callable
 
 import torch
-import yaml
 from peft import PeftModel
 
+from bench.config_model import load_config_model
 from bench.measure import device_description, median
 from bench.retention_speed import forget_everything
 from src.data.chat_format import ChatFormatter
 from src.data.collate import TrainCollator
 from src.data.formats import load_records
-from src.models.loading import load_base_model
-from src.models.lora import attach_lora
 from src.models.loss import causal_lm_loss, replay_kl, training_loss
-from src.models.settings import LoraSettings, settings_of
-from src.sources.tokenizer import load_tokenizer
 
 Batch = dict[str, torch.Tensor]
 VARIANTS: dict[str, Callable[[PeftModel, Batch], torch.Tensor]] = {
@@ -72,13 +68,8 @@ def main(argv: list[str] | None = None) -> dict:
     options = parser.parse_args(argv)
     if options.threads:
         torch.set_num_threads(options.threads)
-    config = yaml.safe_load(open(options.config, encoding="utf-8"))
-    model_args, data_args = config["model"], config.get("data", {})
-    tokenizer = load_tokenizer(model_args["model_name"])
-    formatter = ChatFormatter(tokenizer, data_args.get("system_prompt"), data_args.get("chat_template"))
-    adapter = settings_of(LoraSettings, model_args.get("lora"))
-    model = attach_lora(load_base_model(model_args["model_name"], dtype=torch.float32), r=adapter.r,
-                        alpha=adapter.alpha, dropout=0.0, target_modules=adapter.target_modules)
+    loaded = load_config_model(options.config)
+    data_args, formatter, model = loaded.data_args, loaded.formatter, loaded.model
     forget_everything(model)
     model.train()
     data = batches(formatter, data_args["train_file"], data_args.get("batch_size", 2), options.steps)

@@ -21,10 +21,10 @@ import time
 from typing import Any
 
 import torch
-import yaml
 from peft import PeftModel
 from peft.tuners.lora import LoraLayer
 
+from bench.config_model import load_config_model
 from bench.measure import device_description
 from src.data.chat_format import ChatFormatter
 from src.data.collate import TrainCollator
@@ -33,10 +33,6 @@ from src.data.retention import CHECKABLE_FILE, DEFAULT_DIR, OPEN_FILE, load_chec
 from src.evaluation.reply_cache import ReplyCache
 from src.evaluation.retention_eval import RetentionEvaluator
 from src.metrics.retention import is_correct
-from src.models.loading import load_base_model
-from src.sources.tokenizer import load_tokenizer
-from src.models.lora import attach_lora
-from src.models.settings import LoraSettings, settings_of
 
 
 def timed(label: str, call: Any, *args: Any) -> tuple[dict[str, float], float]:
@@ -104,13 +100,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if options.threads:
         torch.set_num_threads(options.threads)
 
-    config = yaml.safe_load(open(options.config, encoding="utf-8"))
-    model_args, data = config["model"], config.get("data", {})
-    tokenizer = load_tokenizer(model_args["model_name"])
-    formatter = ChatFormatter(tokenizer, data.get("system_prompt"), data.get("chat_template"))
-    adapter = settings_of(LoraSettings, model_args.get("lora"))
-    model = attach_lora(load_base_model(model_args["model_name"], dtype=torch.float32), r=adapter.r,
-                        alpha=adapter.alpha, dropout=0.0, target_modules=adapter.target_modules)
+    loaded = load_config_model(options.config)
+    model_args, data, formatter, model = loaded.model_args, loaded.data_args, loaded.formatter, loaded.model
     checkable = load_checkable(f"{options.retention_dir}/{CHECKABLE_FILE}")
     open_prompts = [item["prompt"] for item in load_open(f"{options.retention_dir}/{OPEN_FILE}")]
     settings = dict(max_new_tokens=options.max_new_tokens, open_max_new_tokens=options.open_max_new_tokens,

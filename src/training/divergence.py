@@ -36,9 +36,10 @@ class DivergencePolicy:
         """The total L2 gradient norm, or None when it is NaN/Inf and a handler dealt with it (clearing the
         gradients). `skips_inf`: the precision plugin skips non-finite steps by itself (16-mixed's scaler)."""
         total = grad_norm(model, norm_type=2).get("grad_2.0_norm_total", 0.0)
-        if math.isfinite(total) or skips_inf:
-            return total if math.isfinite(total) else None
-        self.handle("gradient norm", total, step, learning_rate)
+        if math.isfinite(total):
+            return total
+        if not skips_inf:
+            self.handle("gradient norm", total, step, learning_rate)
         return None
 
     def handle(self, what: str, value: float, step: int, learning_rate: float) -> bool:
