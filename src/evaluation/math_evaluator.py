@@ -16,7 +16,9 @@ import torch
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from peft import PeftModel
+from torchmetrics import MeanMetric
 
+from src.data.contracts import HoldsMathSets
 from src.evaluation.progress_lines import generation_progress
 from src.evaluation.reply_cache import ReplyCache
 from src.metrics.math_accuracy import MathAccuracy, graded_results
@@ -30,7 +32,8 @@ WrongAnswer = tuple[str, str, str | None, str]  # question, reply, extracted ans
 
 
 class MathEvaluator(torch.nn.Module):
-    """Exact-match accuracy per held-out set, with the first `wrong_answers_logged` wrong answers kept."""
+    """What a validation measures: exact-match accuracy per held-out set, with the first
+    `wrong_answers_logged` wrong answers kept, and the loss on the reference answers."""
 
     def __init__(self, wrong_answers_logged: int = 5) -> None:
         super().__init__()
@@ -39,6 +42,7 @@ class MathEvaluator(torch.nn.Module):
         self.accuracies = torch.nn.ModuleDict({"val": MathAccuracy()})
         self.step_errors = torch.nn.ModuleDict({"val": StepErrors()})
         self.wrong_answers: list[WrongAnswer] = []
+        self.loss = MeanMetric()
 
     def configure(self, set_names: Sequence[str], kinds: Sequence[str]) -> None:
         """One metric per set, each reporting `kinds` separately; kept when nothing changed."""
@@ -47,6 +51,15 @@ class MathEvaluator(torch.nn.Module):
             self.accuracies = torch.nn.ModuleDict({name: MathAccuracy(list(kinds)) for name in names})
             self.step_errors = torch.nn.ModuleDict({name: StepErrors() for name in names})
         self.set_names = names
+
+    def configure_for(self, datamodule: object, budget: int) -> None:
+        """The held-out sets and kinds of a `HoldsMathSets` data module (warning when `budget` tokens cut a
+        reference answer short); any other data module's prompt loader is graded as `val`."""
+        if isinstance(datamodule, HoldsMathSets):
+            self.configure(datamodule.math_set_names, datamodule.math_kinds)
+            warn_if_replies_are_cut(budget, datamodule.longest_reference_answer)
+        else:
+            self.configure(["val"], [])
 
     def set_of_loader(self, dataloader_idx: int) -> str:
         return self.set_names[dataloader_idx - 1]
@@ -61,12 +74,21 @@ class MathEvaluator(torch.nn.Module):
                 self.wrong_answers.append((question, reply, grade.extracted, want))
                 room -= 1
 
+    def update_loss(self, loss: torch.Tensor, labels: torch.Tensor) -> None:
+        """One batch's mean loss, weighted by its answer tokens so the epoch's loss is per token."""
+        self.loss.update(loss, weight=(labels != -100).sum())
+
     def graded_sets(self) -> list[str]:
         return [name for name in self.set_names if self.accuracies[name].update_count]
 
     def epoch_metrics(self) -> dict[str, float]:
-        """`compute` of every set graded since the last call, in one dict."""
-        return {key: value for name in self.graded_sets() for key, value in self.compute(name).items()}
+        """`val/loss` and `val/ppl` when a loss was given, and `compute` of every set graded since the last call."""
+        metrics = {}
+        if self.loss.update_count:
+            loss = self.loss.compute()
+            metrics = {"val/loss": float(loss), "val/ppl": float(torch.exp(loss))}
+            self.loss.reset()
+        return metrics | {key: value for name in self.graded_sets() for key, value in self.compute(name).items()}
 
     def compute(self, name: str) -> dict[str, float]:
         """`<set>/math_acc`, `_strict`, `_count`, `<set>/math_acc/<kind>` and `<set>/steps/<type>/...`;

@@ -92,18 +92,16 @@ def build_optimizer(
     )
 
 
-def build_optimizer_and_schedule(
-    model: torch.nn.Module, settings: OptimizerSettings, total_steps: int
-) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
-    """The optimizer over `model`'s trainable parameters and transformers' `settings.lr_scheduler` stepped
-    once an optimizer step, warming up linearly over `settings.warmup_ratio` of `total_steps`."""
+def optimizer_config(model: torch.nn.Module, settings: OptimizerSettings, total_steps: int) -> dict[str, Any]:
+    """What `configure_optimizers` returns: the optimizer over `model`'s trainable parameters and transformers'
+    `settings.lr_scheduler` stepped once an optimizer step, warming up over `settings.warmup_ratio` of `total_steps`."""
     s = settings
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = build_optimizer(s.name, trainable, s.learning_rate, s.weight_decay, s.loraplus_lr_ratio, model=model)
     schedule = get_scheduler(
         s.lr_scheduler, optimizer, num_warmup_steps=round(s.warmup_ratio * total_steps), num_training_steps=total_steps
     )
-    return optimizer, schedule
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
 
 def optimizer_class_and_options(name: str) -> tuple[type[torch.optim.Optimizer], dict[str, Any]]:

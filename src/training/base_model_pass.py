@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
+from src.data.contracts import AcceptsReplay, HoldsMathSets
 from src.data.replay import REPLAY_MAX_NEW_TOKENS
 from src.data.retention import CHECKABLE_FILE, OPEN_FILE, load_checkable, load_open
 from src.evaluation.math_evaluator import evaluate_base
 from src.evaluation.reply_cache import ReplyCache, base_reply_key, cached_base_replies
 from src.evaluation.self_prompts import self_written_prompts
-from src.training.contracts import AcceptsReplay, HoldsMathSets
 
 if TYPE_CHECKING:
     from src.training.tutor_module import TutorModule

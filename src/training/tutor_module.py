@@ -1,8 +1,7 @@
 """`TutorModule`: a causal LM with LoRA, trained on answers and judged by the answers it generates.
 
-The hooks live here; the model is assembled by `src.models.builder`, answers are generated and graded
-by `src.evaluation`, the base model's pass is `src.training.base_model_pass`, a NaN/Inf goes to the
-module's `divergence` policy (`src.training.divergence`) and the run's totals are its `progress`.
+Only the hooks live here: the model is built by `src.models.builder`, answers are graded by `src.evaluation`,
+the base model's pass is `base_model_pass`, a NaN/Inf goes to the `divergence` policy.
 """
 
 from __future__ import annotations
@@ -11,32 +10,29 @@ from typing import Any
 
 import lightning as L
 import torch
-from torchmetrics import MeanMetric
 
 from src.evaluation.answers import Answerer
-from src.evaluation.math_evaluator import LOSS_LOADER, MathEvaluator, warn_if_replies_are_cut
+from src.evaluation.math_evaluator import LOSS_LOADER, MathEvaluator
 from src.evaluation.retention_eval import RetentionEvaluator
 from src.evaluation.settings import GenerationSettings, RetentionSettings
-from src.models.builder import build_tutor_model, check_sources
-from src.models.loss import causal_lm_loss, check_replay_kl, training_loss
-from src.models.optimizers import build_optimizer_and_schedule
+from src.models.builder import build_tutor_model
+from src.models.loss import causal_lm_loss, training_loss
+from src.models.optimizers import optimizer_config
 from src.models.precision import placement
 from src.models.quantization import Quantization
-from src.models.settings import LoraSettings, OptimizerSettings, settings_dict, settings_of
+from src.models.settings import LoraSettings, OptimizerSettings, settings_of
 from src.sources.offline_default import OFFLINE_DEFAULT
 from src.training.base_model_pass import adapter_retention, measure_base_model, mix_in_replay
 from src.training.checkpoint_state import load_run_state, save_run_state
-from src.training.contracts import HoldsMathSets
 from src.training.divergence import DivergencePolicy
+from src.training.hparams import check_hparams
 from src.training.progress import TrainProgress
-
-SETTING_GROUPS = {
-    "lora": LoraSettings, "optimizer": OptimizerSettings, "generation": GenerationSettings, "retention": RetentionSettings
-}
 
 
 class TutorModule(L.LightningModule):
     """LoRA fine-tuning of a causal LM into a tutor, with math accuracy measured by generation.
+    `system_prompt`, `chat_template` and `packing` are linked from `data.*` (packed rows need a model that
+    keeps examples apart).
 
     Args:
         model_name: hub id, local folder, or `offline:SmolLM2-135M-Instruct` (no download needed).
@@ -55,10 +51,7 @@ class TutorModule(L.LightningModule):
         compile: `torch.compile` each decoder block in place (pays off on GPU after the first steps).
         quantization: "nf4" or "int8" frozen base weights through bitsandbytes (QLoRA); None keeps the trainer's dtype.
         evaluate_base: measure the untouched base model on the math items before training.
-        system_prompt: linked from `data.system_prompt`.
-        chat_template: linked from `data.chat_template`.
         seed: seed of random initialisation.
-        packing: linked from `data.packing`; packed batches need a model that keeps examples apart.
         replay_kl: weight of KL(base || adapter) on the replay rows (`data.replay_ratio`), added to the loss; 0: off.
     """
 
@@ -74,16 +67,12 @@ class TutorModule(L.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        for name, kind in SETTING_GROUPS.items():  # plain dicts in hparams.yaml and checkpoints, typed here
-            self.hparams[name] = settings_dict(settings_of(kind, self.hparams[name]))
+        check_hparams(self.hparams)
         self.generation = settings_of(GenerationSettings, generation)
-        check_sources(self.hparams)
-        check_replay_kl(replay_kl, packing)
         self.strict_loading = False  # checkpoints hold only the trainable LoRA weights (see on_save_checkpoint)
         self.model = self.tokenizer = self.formatter = None
         self.evaluator = MathEvaluator(self.generation.wrong_answers_logged)
         self.retention = RetentionEvaluator.from_settings(settings_of(RetentionSettings, retention), seed)
-        self.val_loss = MeanMetric()
         self.base_math_metrics: dict[str, float] | None = None
         self.divergence = DivergencePolicy()
         self.progress = TrainProgress()
@@ -98,22 +87,16 @@ class TutorModule(L.LightningModule):
             self.model, self.tokenizer, self.formatter = built.model, built.tokenizer, built.formatter
 
     def setup(self, stage: str) -> None:
-        data = self.trainer.datamodule if self._trainer is not None else None
-        if isinstance(data, HoldsMathSets):
-            self.evaluator.configure(data.math_set_names, data.math_kinds)
-            warn_if_replies_are_cut(self.generation.max_new_tokens, data.longest_reference_answer)
-        else:  # plain loaders: one prompt loader, graded as `val`
-            self.evaluator.configure(["val"], [])
+        datamodule = self.trainer.datamodule if self._trainer is not None else None
+        self.evaluator.configure_for(datamodule, self.generation.max_new_tokens)
 
     def configure_optimizers(self) -> dict[str, Any]:
         # The one hook with the model built and no training loader yet (estimated_stepping_batches makes
         # it): the replay rows must be in the training set before then, or the loader never sees them.
         mix_in_replay(self)
         settings = settings_of(OptimizerSettings, self.hparams.optimizer)
-        optimizer, scheduler = build_optimizer_and_schedule(self.model, settings, int(self.trainer.estimated_stepping_batches))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return optimizer_config(self.model, settings, int(self.trainer.estimated_stepping_batches))
 
-    # ----------------------------------------------------------------------------------- training
     def on_train_start(self) -> None:
         if self.hparams.evaluate_base and self.global_step == 0 and self.base_math_metrics is None:
             self.base_math_metrics = self.evaluate_base_model()
@@ -148,21 +131,14 @@ class TutorModule(L.LightningModule):
     def on_train_batch_end(self, outputs: Any, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         self.log("train/tokens_per_sec", self.progress.end_batch())
 
-    # --------------------------------------------------------------------------------- evaluation
     def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
         if dataloader_idx == LOSS_LOADER:
-            self.val_loss.update(causal_lm_loss(self.model, batch), weight=(batch["labels"] != -100).sum())
+            self.evaluator.update_loss(causal_lm_loss(self.model, batch), batch["labels"])
         else:
-            held_out_set = self.evaluator.set_of_loader(dataloader_idx)
-            self.evaluator.grade(held_out_set, batch, self.answerer.answer_batch(batch))
+            self.evaluator.grade(self.evaluator.set_of_loader(dataloader_idx), batch, self.answerer.answer_batch(batch))
 
     def on_validation_epoch_end(self) -> None:
-        if self.val_loss.update_count:
-            loss = self.val_loss.compute()
-            # Metrics are already reduced over processes by torchmetrics; sync_dist only confirms it.
-            self.log("val/loss", loss, prog_bar=True, sync_dist=True)
-            self.log("val/ppl", torch.exp(loss), sync_dist=True)
-            self.val_loss.reset()
+        # Metrics are already reduced over processes by torchmetrics; sync_dist only confirms it.
         self.log_dict(self.evaluator.epoch_metrics(), sync_dist=True)
         if self.retention is not None and not self.trainer.sanity_checking:
             self.log_dict(adapter_retention(self), sync_dist=True)
@@ -179,7 +155,6 @@ class TutorModule(L.LightningModule):
         """The model as it answers questions, with this run's reply budget (validation, callbacks, tools)."""
         return Answerer(self.model, self.tokenizer, self.formatter, self.generation.max_new_tokens)
 
-    # -------------------------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         save_run_state(self, checkpoint)
 
