@@ -38,6 +38,7 @@ from src.tools.comparison_table import Context, RunResult, comparison, markdown
 
 ROOT = Path(__file__).resolve().parents[2]
 SET_SYNTAX = "--set SECTION.KEY=VALUE[,VALUE...], e.g. --set model.optimizer.learning_rate=1e-3,2e-3"
+"""A value may be a list or mapping (`--set 'model.lora.layers=[28,29],null'`): commas inside brackets stay in it."""
 OWN_KEYS = ("trainer.default_root_dir", "trainer.logger", "seed_everything")
 """Keys the comparison sets for each run itself: `--set` may not vary them (seeds go to `--seeds`)."""
 COMMAND_FILE = "command.json"
@@ -82,7 +83,7 @@ def parse_sets(texts: Sequence[str]) -> list[tuple[str, list[str]]]:
     for text in texts:
         key, equals, values = text.partition("=")
         key = key.strip().removeprefix("--")
-        choices = [value.strip() for value in values.split(",")]
+        choices = [value.strip() for value in top_level_values(values)]
         if any(key == own or key.startswith(own + ".") for own in OWN_KEYS):
             problems.append(f"--set {text!r}: {key} is set by the comparison for each run; give seeds with --seeds")
         elif not equals or not re.fullmatch(r"(model|data|trainer)\.[A-Za-z_][\w.]*", key):
@@ -98,6 +99,18 @@ def parse_sets(texts: Sequence[str]) -> list[tuple[str, list[str]]]:
     if problems:
         raise ConfigurationError("\n".join(problems))
     return parsed
+
+
+def top_level_values(text: str) -> list[str]:
+    """`1e-3,2e-3` -> ["1e-3", "2e-3"]; commas inside brackets or braces stay in their value, so a list or
+    mapping is one value: `[28,29],null` -> ["[28,29]", "null"]."""
+    values, depth, start = [], 0, 0
+    for index, char in enumerate(text):
+        depth += (char in "[{") - (char in "]}")
+        if char == "," and depth == 0:
+            values.append(text[start:index])
+            start = index + 1
+    return [*values, text[start:]]
 
 
 def grid(sets: Sequence[tuple[str, list[str]]], seeds: Sequence[int | None]) -> list[tuple[dict[str, str], int | None]]:

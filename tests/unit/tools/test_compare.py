@@ -45,6 +45,11 @@ def test_set_values_are_parsed_into_a_grid_of_every_combination_for_every_seed()
     assert compare.grid([], [None]) == [({}, None)]
 
 
+def test_a_list_or_mapping_is_one_set_value() -> None:
+    sets = compare.parse_sets(["model.lora.layers=[28, 29],null", "data.extra_math_files={a: x.jsonl, b: y.jsonl},{}"])
+    assert sets == [("model.lora.layers", ["[28, 29]", "null"]), ("data.extra_math_files", ["{a: x.jsonl, b: y.jsonl}", "{}"])]
+
+
 def test_bad_set_syntax_names_each_mistake_and_the_expected_form() -> None:
     with pytest.raises(ConfigurationError) as raised:
         compare.parse_sets([
