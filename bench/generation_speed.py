@@ -16,13 +16,12 @@ side, their ratio, the math accuracy of each and how many answers agree.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from typing import Any
 
 import torch
 
-from bench.measure import device_description, median
+from bench.measure import device_description, median, write_result
 from src.training.lightning_cli import TutorCLI
 from src.training.trainer import TutorTrainer
 from src.data.datamodule import TutorDataModule
@@ -128,9 +127,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
           f"{options.repeats}): {result['speedup_vs_plain']:.2f}x; math accuracy {result['accuracy'][PROJECT]:.1%} vs "
           f"{result['accuracy'][PLAIN]:.1%}; identical answers {result['identical_answers']}/{len(items)}, "
           f"same grade {result['same_grade']}/{len(items)}")
-    if options.json:
-        with open(options.json, "w", encoding="utf-8") as handle:
-            json.dump({**result, "command": vars(options)}, handle, indent=2)
+    write_result(options.json, result, options)
     return result
 
 

@@ -9,8 +9,10 @@ another's free lists.
 
 from __future__ import annotations
 
+import argparse
 import ctypes
 import gc
+import json
 import platform
 import statistics
 import time
@@ -136,3 +138,10 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def write_result(path: str | None, result: dict, options: argparse.Namespace) -> None:
+    """A benchmark's result and the options that produced it, as JSON at `path` (nothing without a path)."""
+    if path:
+        with open(path, "w", encoding="utf-8") as handle:
+            json.dump({**result, "command": vars(options)}, handle, indent=2, default=str)

@@ -15,7 +15,6 @@ ratios to cross-entropy alone are printed, with the CPU kind.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from collections.abc import Callable
 
@@ -23,7 +22,7 @@ import torch
 from peft import PeftModel
 
 from bench.config_model import load_config_model
-from bench.measure import device_description, median
+from bench.measure import device_description, median, write_result
 from bench.retention_speed import forget_everything
 from src.data.chat_format import ChatFormatter
 from src.data.collate import TrainCollator
@@ -87,9 +86,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{name:>15}: {median(values):.2f} s per {len(data)} steps (x{median(values) / base:.2f} of cross-entropy)")
     saved = 1 - result["seconds"]["kl_shared_pass"] / result["seconds"]["kl_second_pass"]
     print(f"the shared pass saves {saved:.1%} of the step time of a second adapter pass")
-    if options.json:
-        with open(options.json, "w", encoding="utf-8") as handle:
-            json.dump({**result, "command": vars(options)}, handle, indent=2)
+    write_result(options.json, result, options)
     return result
 
 

@@ -13,7 +13,6 @@ budgets, to show which budget keeps its right answers.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import tempfile
@@ -25,7 +24,7 @@ from peft import PeftModel
 from peft.tuners.lora import LoraLayer
 
 from bench.config_model import load_config_model
-from bench.measure import device_description
+from bench.measure import device_description, write_result
 from src.data.chat_format import ChatFormatter
 from src.data.collate import TrainCollator
 from src.data.formats import load_records
@@ -134,9 +133,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     forget_everything(model)
     result["random"], result["seconds"]["random"] = timed("adapter random (worst case)", evaluator.measure_adapter,
                                                           model, formatter)
-    if options.json:
-        with open(options.json, "w", encoding="utf-8") as handle:
-            json.dump({**result, "command": vars(options)}, handle, indent=2)
+    write_result(options.json, result, options)
     return result
 
 

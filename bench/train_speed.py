@@ -23,7 +23,6 @@ project's config parser, e.g. `-- --data.batch_size 8`.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -36,7 +35,9 @@ from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 from torch.utils.data import DataLoader
 from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments
 
-from bench.measure import PeakMemory, device_description, frozen_matmul_parameters, matmul_peak_flops, release_memory
+from bench.measure import (
+    PeakMemory, device_description, frozen_matmul_parameters, matmul_peak_flops, release_memory, write_result,
+)
 from bench.train_figures import HF, HF_COMPILE, PROJECT, StepLog, aggregate, format_summary, summarise
 from src.training.lightning_cli import TutorCLI
 from src.training.trainer import TutorTrainer
@@ -282,9 +283,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(format_summary(summary, PeakMemory(device).kind))
     result = {"command": options, "device": device_description(device), "precision": str(settings["precision"]),
               "peak_flops": peak, "runs": runs, "summary": summary}
-    if options.json:
-        with open(options.json, "w", encoding="utf-8") as handle:
-            json.dump({**result, "command": vars(options)}, handle, indent=2, default=str)
+    write_result(options.json, result, options)
     return result
 
 
