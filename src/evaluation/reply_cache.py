@@ -40,11 +40,13 @@ def weights_fingerprint(model: torch.nn.Module) -> str:
     Reading all 135M parameters would take seconds; two random initialisations or two fine-tunes
     already differ in their first values. Quantised tensors are read as raw bytes. LoRA tensors are
     left out: base replies come with the adapter off, and a fresh adapter's random A must not make
-    every run a cache miss."""
+    every run a cache miss. Names are read without PEFT's wrapping (`base_model.model.`, `.base_layer`),
+    so the same base weights match whichever layers, if any, carry an adapter."""
     digest = hashlib.sha256()
-    for name, tensor in model.state_dict().items():
-        if "lora_" in name:
+    for wrapped_name, tensor in model.state_dict().items():
+        if "lora_" in wrapped_name:
             continue
+        name = wrapped_name.removeprefix("base_model.model.").replace(".base_layer.", ".")
         flat = tensor.detach().reshape(-1)
         digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
         for part in (flat[:_SAMPLED], flat[-_SAMPLED:]):

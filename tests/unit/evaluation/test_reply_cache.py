@@ -116,6 +116,14 @@ def test_the_fingerprint_ignores_a_fresh_adapter(tiny_model_dir: Path, model) ->
     assert len(fingerprints) == 1
 
 
+def test_the_fingerprint_is_the_base_weights_whichever_layers_carry_an_adapter(tiny_model_dir: Path, model) -> None:
+    def adapted(**layout: Any) -> str:
+        config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], **layout)
+        return weights_fingerprint(get_peft_model(LlamaForCausalLM.from_pretrained(tiny_model_dir), config))
+
+    assert adapted() == adapted(layers_to_transform=[1]) == weights_fingerprint(model)
+
+
 def touched_copy(model: LlamaForCausalLM) -> LlamaForCausalLM:
     """The same architecture with one weight moved: a fine-tune or another checkpoint."""
     copy = LlamaForCausalLM(model.config)
