@@ -7,8 +7,7 @@ by a benchmark is the model a run trains.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from lightning.pytorch.utilities import rank_zero_info
@@ -29,8 +28,7 @@ from src.sources.offline_default import OFFLINE_DEFAULT, cache_folder
 from src.sources.tokenizer import load_tokenizer
 
 
-@dataclass
-class TutorModel:
+class TutorModel(NamedTuple):
     """What a tutor is made of: the PEFT model, its tokenizer and the prompt format it was trained with."""
 
     model: PeftModel

@@ -55,7 +55,10 @@ def base_retention(module: TutorModule) -> dict[str, float]:
 
 
 def adapter_retention(module: TutorModule) -> dict[str, float]:
-    """What the adapter keeps of the base model's right general answers (`retain/*`)."""
+    """What the adapter keeps of the base model's right general answers (`retain/*`); nothing without a
+    retention set or in the sanity check."""
+    if module.retention is None or module.trainer.sanity_checking:
+        return {}
     if module.retention.base_correct is None:  # validate/test: no training run measured the base model
         base_retention(module)
     with torch.no_grad(), module.trainer.precision_plugin.forward_context():
@@ -64,7 +67,8 @@ def adapter_retention(module: TutorModule) -> dict[str, float]:
 
 def mix_in_replay(module: TutorModule) -> None:
     """Hand the data module the base model's replies to its replay prompts and to those the base model
-    writes itself (before the first training loader: the replay rows are part of the training set)."""
+    writes itself. Called from `configure_optimizers`, the one hook with the model built and no training loader
+    yet (`estimated_stepping_batches` makes the first): the replay rows must be in the training set by then."""
     datamodule = module.trainer.datamodule
     if isinstance(datamodule, AcceptsReplay) and (datamodule.replay_prompts or datamodule.replay_self_prompts):
         prompts = datamodule.replay_prompts + base_written_prompts(module, datamodule.replay_self_prompts)

@@ -31,8 +31,7 @@ from src.training.progress import TrainProgress
 
 class TutorModule(L.LightningModule):
     """LoRA fine-tuning of a causal LM into a tutor, with math accuracy measured by generation.
-    `system_prompt`, `chat_template` and `packing` are linked from `data.*` (packed rows need a model that
-    keeps examples apart).
+    `system_prompt`, `chat_template` and `packing` are linked from `data.*` by the CLI.
 
     Args:
         model_name: hub id, local folder, or `offline:SmolLM2-135M-Instruct` (no download needed).
@@ -83,32 +82,23 @@ class TutorModule(L.LightningModule):
 
     def configure_model(self) -> None:
         if self.model is None:
-            built = build_tutor_model(self.hparams, *placement(self._trainer))
-            self.model, self.tokenizer, self.formatter = built.model, built.tokenizer, built.formatter
+            self.model, self.tokenizer, self.formatter = build_tutor_model(self.hparams, *placement(self._trainer))
 
     def setup(self, stage: str) -> None:
         datamodule = self.trainer.datamodule if self._trainer is not None else None
         self.evaluator.configure_for(datamodule, self.generation.max_new_tokens)
 
     def configure_optimizers(self) -> dict[str, Any]:
-        # The one hook with the model built and no training loader yet (estimated_stepping_batches makes
-        # it): the replay rows must be in the training set before then, or the loader never sees them.
-        mix_in_replay(self)
+        mix_in_replay(self)  # the one hook with the model built and no training loader yet
         settings = settings_of(OptimizerSettings, self.hparams.optimizer)
         return optimizer_config(self.model, settings, int(self.trainer.estimated_stepping_batches))
 
     def on_train_start(self) -> None:
         if self.hparams.evaluate_base and self.global_step == 0 and self.base_math_metrics is None:
-            self.base_math_metrics = self.evaluate_base_model()
-
-    def evaluate_base_model(self) -> dict[str, float] | None:
-        """The untouched base model on every held-out set and the retention set (None: nothing to measure)."""
-        return measure_base_model(self)
-
-    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        self.progress.start_batch()
+            self.base_math_metrics = measure_base_model(self)  # on every held-out set and the retention set
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
+        self.progress.start_batch()  # the batch is on the device already; its time runs to on_train_batch_end
         loss, kl = training_loss(self.model, batch, self.hparams.replay_kl)
         if self.divergence.skips_loss(loss, self.global_step, self.hparams.optimizer["learning_rate"]):
             return None  # Lightning skips backward and the optimizer step for this batch
@@ -139,9 +129,7 @@ class TutorModule(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         # Metrics are already reduced over processes by torchmetrics; sync_dist only confirms it.
-        self.log_dict(self.evaluator.epoch_metrics(), sync_dist=True)
-        if self.retention is not None and not self.trainer.sanity_checking:
-            self.log_dict(adapter_retention(self), sync_dist=True)
+        self.log_dict(self.evaluator.epoch_metrics() | adapter_retention(self), sync_dist=True)
         self.evaluator.log_wrong_answers(self.logger, self.global_step)
 
     test_step = validation_step  # `test` measures what `validate` does, on the loaders it is given

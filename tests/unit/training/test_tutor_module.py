@@ -18,6 +18,7 @@ from lightning.pytorch import Callback
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 import src.models.loss as loss_module
+import src.training.tutor_module as tutor_module
 from conftest import arithmetic_rows, write_jsonl
 from src.callbacks.adapter_checkpoint import AdapterCheckpoint
 from src.data.datamodule import TutorDataModule
@@ -310,7 +311,7 @@ def test_resume_continues_at_the_same_step(
     first = two_steps["module"]
     module = make_module(tiny_model_dir)
     base_evaluations = []
-    monkeypatch.setattr(module, "evaluate_base_model", lambda: base_evaluations.append(1))
+    monkeypatch.setattr(tutor_module, "measure_base_model", lambda module: base_evaluations.append(1))
     recorder = Recorder()
     trainer = make_trainer(tmp_path, 4, [recorder])
     trainer.fit(module, datamodule=make_datamodule(tiny_model_dir, tmp_path), ckpt_path=str(two_steps["checkpoint"]))

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from src.evaluation.answers import Answerer
+from src.training.base_model_pass import measure_base_model
 from test_tutor_module import make_datamodule, make_module, make_trainer
 
 
@@ -25,7 +26,7 @@ def base_run(model_dir: Path, folder: Path, monkeypatch: pytest.MonkeyPatch, **m
     module.on_train_start = lambda: None  # measured below, alone
     make_trainer(folder, 1).fit(module, datamodule=make_datamodule(model_dir, folder))
     calls.clear()
-    metrics = module.evaluate_base_model()
+    metrics = measure_base_model(module)
     return metrics, len(calls)
 
 
