@@ -63,17 +63,25 @@ def _held_out_table(
     return table
 
 
-def _retention(base: dict[str, Any], kept: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The base model's and the kept adapter's general ability (`retain/*`), or None where not measured."""
-    if "retain/acc" not in base and not (kept and "retain/kept" in kept):
+def _retention(base: dict[str, Any], kept: dict[str, Any] | None, prefix: str = "retain") -> dict[str, Any] | None:
+    """The base model's and the kept adapter's general ability (`<prefix>/*`), or None where not measured."""
+    if f"{prefix}/acc" not in base and not (kept and f"{prefix}/kept" in kept):
         return None
     kept = kept or {}
-    return {"base_acc": base.get("retain/acc"), "base_count": base.get("retain/count"),
-            "base_repeat": base.get("retain/repeat"), "kept": kept.get("retain/kept"),
-            "graded": kept.get("retain/count"), "kl": kept.get("retain/kl"), "repeat": kept.get("retain/repeat")}
+    return {"base_acc": base.get(f"{prefix}/acc"), "base_count": base.get(f"{prefix}/count"),
+            "base_repeat": base.get(f"{prefix}/repeat"), "kept": kept.get(f"{prefix}/kept"),
+            "graded": kept.get(f"{prefix}/count"), "kl": kept.get(f"{prefix}/kl"), "repeat": kept.get(f"{prefix}/repeat")}
 
 
-def _retention_lines(retention: dict[str, Any] | None, passed_over: dict[str, Any] | None) -> list[str]:
+def _further_retention(base: dict[str, Any], kept: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """`_retention` of each further retention set (`retain/<name>/*`, `model.retention.extra_dirs`) by name."""
+    names = sorted({key.split("/")[1] for key in (*base, *(kept or {}))
+                    if key.startswith("retain/") and key.count("/") == 2})
+    return {name: table for name in names if (table := _retention(base, kept, f"retain/{name}")) is not None}
+
+
+def _retention_lines(retention: dict[str, Any] | None, passed_over: dict[str, Any] | None,
+                     title: str = "retention set") -> list[str]:
     """What the tutor lost: the base's right general answers the kept adapter still gives, KL and repetition."""
     if retention is None:
         return []
@@ -83,7 +91,7 @@ def _retention_lines(retention: dict[str, Any] | None, passed_over: dict[str, An
     kept = "n/a" if r["kept"] is None else f"{r['kept']:.1%} of {int(r['graded'] or 0)} base-right answers"
     kl = "n/a" if r["kl"] is None else f"{r['kl']:.3f} nats/token"
     repeat = "n/a" if r["repeat"] is None else f"{r['repeat']:.1%} (base {_pct(r['base_repeat'])})"
-    lines = [f"General ability (retention set, never trained on): {base}; the kept adapter keeps {kept}",
+    lines = [f"General ability ({title}, never trained on): {base}; the kept adapter keeps {kept}",
              f"  KL(base || adapter) on open prompts {kl}; repeated 4-grams in open replies {repeat}"]
     if passed_over:
         lines.append(
@@ -258,6 +266,7 @@ class RunReport(Callback):
             "beat_base": best > base if best is not None and base is not None else None,
             "best_adapter_path": str(checkpoint.best_path) if checkpoint and checkpoint.best_path else None,
             "retention": _retention(base_metrics, kept_record),
+            "retention_sets": _further_retention(base_metrics, kept_record),
             "passed_over_for_retention": (
                 {**checkpoint.best_passed_over, "floor": checkpoint.retention_floor}
                 if checkpoint is not None and checkpoint.best_passed_over else None
@@ -363,6 +372,8 @@ class RunReport(Callback):
         lines.extend(_held_out_lines(s.get("held_out") or {}))
         lines.extend(_step_lines(s.get("held_out") or {}))
         lines.extend(_retention_lines(s.get("retention"), s.get("passed_over_for_retention")))
+        for name, table in (s.get("retention_sets") or {}).items():
+            lines.extend(_retention_lines(table, None, f"retention set {name}"))
         lines.append(f"Best adapter: {s['best_adapter_path'] or 'not saved (no AdapterCheckpoint)'}")
         lines.append(f"Report files: {self.dirpath}")
         lines.append(f"TensorBoard: tensorboard --logdir {save_dir}")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -61,6 +62,7 @@ class RetentionEvaluator:
         open_eval_size: at most this many open prompts (a seeded subset); None uses all.
         seed: draws the subsets, so every validation of a run grades the same items.
         cache: where base replies are kept between runs; None generates them every time.
+        prefix: the metrics' namespace (`retain/kept`, or `retain/indep/kept` for a second set).
     """
 
     def __init__(
@@ -75,6 +77,7 @@ class RetentionEvaluator:
         open_eval_size: int | None = None,
         seed: int = 0,
         cache: ReplyCache | None = None,
+        prefix: str = "retain",
     ) -> None:
         if not checkable or not open_prompts:
             raise ValueError("RetentionEvaluator needs at least one checkable item and one open prompt.")
@@ -88,6 +91,12 @@ class RetentionEvaluator:
         self.graded: list[int] = []
         """Indices of the items graded at validation (base-right, at most `eval_size`)."""
         self.base_open_replies: list[str] = []
+        self.prefix = prefix
+
+    @property
+    def measured(self) -> bool:
+        """Whether the base model's replies are known (measured, or restored from a checkpoint)."""
+        return self.base_correct is not None
 
     @classmethod
     def from_folder(
@@ -100,11 +109,6 @@ class RetentionEvaluator:
         open_prompts = [item["prompt"] for item in load_open(folder / OPEN_FILE)]
         return cls(checkable, open_prompts, eval_size=eval_size, checkable_size=base_size, seed=seed,
                    cache=ReplyCache(), **kwargs)
-
-    @classmethod
-    def from_settings(cls, settings: RetentionSettings, seed: int) -> RetentionEvaluator | None:
-        """The evaluator `model.retention.*` asks for; None when no `dir` is set (not measured)."""
-        return cls.from_folder(settings.dir, settings.eval_size, seed, settings.base_size) if settings.dir else None
 
     # ----------------------------------------------------------------------------- the base model
     def measure_base(
@@ -126,8 +130,8 @@ class RetentionEvaluator:
         self.graded = _seeded_subset([i for i, right in enumerate(grades) if right], self.eval_size, self.seed)
         repeat = RepeatedNgrams()
         repeat.update(self.base_open_replies)
-        return {"retain/acc": sum(grades) / len(grades), "retain/repeat": float(repeat.compute()),
-                "retain/count": float(len(grades))}
+        return self._named({"acc": sum(grades) / len(grades), "repeat": float(repeat.compute()),
+                            "count": float(len(grades))})
 
     # ----------------------------------------------------------------------------- the adapter
     def measure_adapter(self, model: PeftModel, formatter: ChatFormatter) -> dict[str, float]:
@@ -135,7 +139,7 @@ class RetentionEvaluator:
 
         `retain/acc` is the adapter's accuracy on the graded items; since only base-right items are
         graded, it equals `retain/kept`. `retain/count` is how many items were graded."""
-        if self.base_correct is None:
+        if not self.measured:
             raise RuntimeError("RetentionEvaluator.measure_adapter before measure_base (or load_state_dict): "
                                "there are no base replies to compare with.")
         items = [self.checkable[i] for i in self.graded]
@@ -156,14 +160,17 @@ class RetentionEvaluator:
         opened = self._open_replies(model, formatter)
         repeat = RepeatedNgrams()
         repeat.update(opened.replies)
-        return {
-            "retain/acc": float(accuracy.compute()["acc"]),
-            "retain/kept": float(kept_share(self.base_correct & graded, accuracy.per_item())),
-            "retain/kl": opened.kl,
-            "retain/repeat": float(repeat.compute()),
-            "retain/same": sum(a == b for a, b in zip(replies, base_replies)) / len(items) if items else 1.0,
-            "retain/count": float(len(items)),
-        }
+        return self._named({
+            "acc": float(accuracy.compute()["acc"]),
+            "kept": float(kept_share(self.base_correct & graded, accuracy.per_item())),
+            "kl": opened.kl,
+            "repeat": float(repeat.compute()),
+            "same": sum(a == b for a, b in zip(replies, base_replies)) / len(items) if items else 1.0,
+            "count": float(len(items)),
+        })
+
+    def _named(self, metrics: dict[str, float]) -> dict[str, float]:
+        return {f"{self.prefix}/{key}": value for key, value in metrics.items()}
 
     def _open_replies(self, model: PeftModel, formatter: ChatFormatter) -> OpenReplies:
         """The adapter's greedy replies to the open prompts and its KL from the base on the base's replies.
@@ -224,3 +231,58 @@ def _seeded_subset(values: list[Any], size: int | None, seed: int) -> list[Any]:
     if size is None or size >= len(values):
         return values
     return [values[i] for i in sorted(random.Random(seed).sample(range(len(values)), size))]
+
+
+class RetentionSets:
+    """The retention set `model.retention.dir` names (`retain/*`) and any further ones (`retain/<name>/*`),
+    measured alike: a second set, written apart from the first, says whether what the recipe was
+    chosen on (replay, the retention floor) generalises."""
+
+    def __init__(self, main: RetentionEvaluator | None, extra: dict[str, RetentionEvaluator]) -> None:
+        self.main, self.extra = main, extra
+        self.evaluators = ([main] if main is not None else []) + list(extra.values())
+
+    @classmethod
+    def from_settings(cls, settings: RetentionSettings, seed: int) -> RetentionSets | None:
+        """The sets `model.retention.*` asks for; None when it names none (not measured). Further sets
+        (`extra_dirs`) are graded whole: each holds only a few base-right items."""
+        extra = dict(settings.extra_dirs or {})
+        for name in extra:
+            if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
+                raise TutorTuneError(f"model.retention.extra_dirs has the set name {name!r}; expected letters, "
+                                     "digits, '_' or '-' (it becomes the metrics' prefix retain/<name>/)")
+        if not settings.dir and not extra:
+            return None
+        main = RetentionEvaluator.from_folder(settings.dir, settings.eval_size, seed, settings.base_size) \
+            if settings.dir else None
+        return cls(main, {name: RetentionEvaluator.from_folder(folder, None, seed, prefix=f"retain/{name}")
+                          for name, folder in extra.items()})
+
+    @property
+    def measured(self) -> bool:
+        return all(evaluator.measured for evaluator in self.evaluators)
+
+    def measure_base(self, model: PeftModel, formatter: ChatFormatter, precision_key: str) -> dict[str, float]:
+        metrics: dict[str, float] = {}
+        for evaluator in self.evaluators:
+            metrics |= evaluator.measure_base(model, formatter, precision_key)
+        return metrics
+
+    def measure_adapter(self, model: PeftModel, formatter: ChatFormatter) -> dict[str, float]:
+        metrics: dict[str, float] = {}
+        for evaluator in self.evaluators:
+            metrics |= evaluator.measure_adapter(model, formatter)
+        return metrics
+
+    def state_dict(self) -> dict[str, Any]:
+        """The main set's state (as a checkpoint with one set holds it) and each further set's under `sets`."""
+        state = self.main.state_dict() if self.main is not None else {}
+        return state | {"sets": {name: evaluator.state_dict() for name, evaluator in self.extra.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the sets the checkpoint measured; a set it lacks (added since) is measured again."""
+        if self.main is not None and "item_ids" in state:
+            self.main.load_state_dict(state)
+        for name, saved in state.get("sets", {}).items():
+            if name in self.extra:
+                self.extra[name].load_state_dict(saved)

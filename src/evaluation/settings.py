@@ -26,8 +26,11 @@ class RetentionSettings:
         dir: folder of the retention set (`checkable.jsonl`, `open.jsonl`); None: not measured.
         eval_size: base-right checkable items graded at each validation (a seeded subset); None: all.
         base_size: checkable items put to the base model (a seeded subset); None: all.
+        extra_dirs: further retention sets by name, each graded whole (`retain/<name>/*`), e.g. one
+            written apart from `dir` to check what was chosen on it.
     """
 
     dir: str | None = None
     eval_size: int | None = 64
     base_size: int | None = None
+    extra_dirs: dict[str, str] | None = None

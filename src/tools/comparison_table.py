@@ -121,13 +121,22 @@ def setting_table(setting: dict[str, str], runs: Sequence[RunResult]) -> dict[st
         "train_time_s": _stats([run.summary.get("train_time_s") for run in finished], worst_is_max=True),
         "train_tokens_seen": _stats([run.summary.get("train_tokens_seen") for run in finished], worst_is_max=True),
         "retention": _retention_table(finished),
+        "retention_sets": {name: table for name in _further_sets(finished)
+                           if (table := _retention_table(finished, name)) is not None},
     }
 
 
-def _retention_table(runs: Sequence[RunResult]) -> dict[str, Any] | None:
-    """What the kept adapters kept of the base model's general ability (`summary["retention"]`), per seed,
-    mean and worst: the lowest share kept, the highest KL and repetition. None where no run measured it."""
-    rows = [(run, (run.summary or {}).get("retention")) for run in runs]
+def _further_sets(runs: Sequence[RunResult]) -> list[str]:
+    """The further retention sets (`summary["retention_sets"]`) any run measured, in the order first seen."""
+    return list(dict.fromkeys(name for run in runs for name in (run.summary or {}).get("retention_sets") or {}))
+
+
+def _retention_table(runs: Sequence[RunResult], set_name: str | None = None) -> dict[str, Any] | None:
+    """What the kept adapters kept of the base model's general ability (`summary["retention"]`, or the further
+    set `set_name`), per seed, mean and worst: the lowest share kept, the highest KL and repetition. None where
+    no run measured it."""
+    rows = [(run, (run.summary or {}).get("retention") if set_name is None
+             else ((run.summary or {}).get("retention_sets") or {}).get(set_name)) for run in runs]
     rows = [(run, row) for run, row in rows if row]
     if not rows:
         return None
@@ -222,26 +231,28 @@ def _number(value: float | None, digits: int = 3) -> str:
 
 
 def _retention_summary_lines(settings: Sequence[dict[str, Any]]) -> list[str]:
-    """One line per setting: the share of the base model's right general answers the kept adapters keep."""
-    measured = [table for table in settings if table.get("retention")]
+    """One line per setting and retention set: the share of the base model's right general answers the kept
+    adapters keep (`retention` is `model.retention.dir`'s set; the others are named as in `extra_dirs`)."""
+    measured = [(table, name, r) for table in settings
+                for name, r in [("retention", table.get("retention")), *(table.get("retention_sets") or {}).items()]
+                if r]
     if not measured:
         return []
     lines = [
-        "What the tutor kept of the base model's general ability (retention set, never trained on): the share "
+        "What the tutor kept of the base model's general ability (retention sets, never trained on): the share "
         "of the base's right answers still right, KL(base || adapter) in nats per token on the base's open "
         "replies, and repeated 4-grams in the adapter's open replies.",
         "",
-        _row(["setting", "base right", "kept per seed", "kept mean", "kept worst", "KL mean / worst",
+        _row(["setting", "set", "base right", "kept per seed", "kept mean", "kept worst", "KL mean / worst",
               "repeat mean (base)"]),
-        _row(["---"] * 7),
+        _row(["---"] * 8),
     ]
-    for table in measured:
-        r = table["retention"]
+    for table, name, r in measured:
         base = r["base"]
         right = "—" if base["acc"] is None else f"{_pct(base['acc'])} of {_count(base['count'])}"
         seeds = ", ".join(f"{row['seed']}: {_pct(row['kept'])}" for row in r["per_seed"])
         lines.append(_row([
-            table["label"], right, seeds, _pct(r["kept"]["mean"]), _pct(r["kept"]["worst"]),
+            table["label"], name, right, seeds, _pct(r["kept"]["mean"]), _pct(r["kept"]["worst"]),
             f"{_number(r['kl']['mean'])} / {_number(r['kl']['worst'])}",
             f"{_pct(r['repeat']['mean'])} ({_pct(base['repeat'])})",
         ]))

@@ -59,7 +59,7 @@ def adapter_retention(module: TutorModule) -> dict[str, float]:
     retention set or in the sanity check."""
     if module.retention is None or module.trainer.sanity_checking:
         return {}
-    if module.retention.base_correct is None:  # validate/test: no training run measured the base model
+    if not module.retention.measured:  # validate/test: no training run measured the base model
         base_retention(module)
     with torch.no_grad(), module.trainer.precision_plugin.forward_context():
         return module.retention.measure_adapter(module.model, module.formatter)
@@ -90,8 +90,9 @@ def base_written_prompts(module: TutorModule, count: int) -> list[str]:
     """`count` general prompts the base model writes itself for replay, none near a retention prompt."""
     if count <= 0:
         return []
-    folder = module.hparams.retention.get("dir")
-    exclude = retention_prompts(Path(folder)) if folder else []
+    settings = module.hparams.retention
+    folders = [settings.get("dir"), *(settings.get("extra_dirs") or {}).values()]
+    exclude = list(dict.fromkeys(p for folder in folders if folder for p in retention_prompts(Path(folder))))
     started = time.perf_counter()
     with module.trainer.precision_plugin.forward_context():
         prompts = self_written_prompts(module.model, module.formatter, count, str(module.trainer.precision),

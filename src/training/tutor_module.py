@@ -13,7 +13,7 @@ import torch
 
 from src.evaluation.answers import Answerer
 from src.evaluation.math_evaluator import LOSS_LOADER, MathEvaluator
-from src.evaluation.retention_eval import RetentionEvaluator
+from src.evaluation.retention_eval import RetentionSets
 from src.evaluation.settings import GenerationSettings, RetentionSettings
 from src.models.builder import build_tutor_model
 from src.models.loss import causal_lm_loss, training_loss
@@ -44,7 +44,7 @@ class TutorModule(L.LightningModule):
         lora: the adapter (`model.lora.*`).
         optimizer: the optimizer and its schedule (`model.optimizer.*`).
         generation: how math answers are generated and shown (`model.generation.*`).
-        retention: the general-ability measurement (`model.retention.*`); off without `dir`.
+        retention: the general-ability measurement (`model.retention.*`); off without a set.
         gradient_checkpointing: recompute activations in backward to save memory (slower).
         attn_implementation: "sdpa", "eager" or "flash_attention_2" (CUDA + flash-attn); None: transformers' default.
         compile: `torch.compile` each decoder block in place (pays off on GPU after the first steps).
@@ -71,7 +71,7 @@ class TutorModule(L.LightningModule):
         self.strict_loading = False  # checkpoints hold only the trainable LoRA weights (see on_save_checkpoint)
         self.model = self.tokenizer = self.formatter = None
         self.evaluator = MathEvaluator(self.generation.wrong_answers_logged)
-        self.retention = RetentionEvaluator.from_settings(settings_of(RetentionSettings, retention), seed)
+        self.retention = RetentionSets.from_settings(settings_of(RetentionSettings, retention), seed)
         self.base_math_metrics: dict[str, float] | None = None
         self.divergence = DivergencePolicy()
         self.progress = TrainProgress()

@@ -19,7 +19,8 @@ from src.data.retention import CheckableItem
 from src.errors import TutorTuneError
 from src.evaluation.kl import reply_batches
 from src.evaluation.reply_cache import ReplyCache, greedy_replies
-from src.evaluation.retention_eval import RetentionEvaluator
+from src.evaluation.retention_eval import RetentionEvaluator, RetentionSets
+from src.evaluation.settings import RetentionSettings
 from src.metrics.retention import is_correct, normalize, repeated_ngram_share
 
 CANDIDATE_QUESTIONS = [f"What is {word}?" for word in
@@ -216,6 +217,34 @@ def test_a_state_from_other_items_is_refused(case: Case) -> None:
     source.measure_base(case.fresh_model(), case.formatter, "32-true")
     with pytest.raises(TutorTuneError, match="same retention settings"):
         case.evaluator(items=case.items[:-1]).load_state_dict(source.state_dict())
+
+
+def test_a_further_set_reports_under_its_own_name_beside_the_main_set(case: Case) -> None:
+    sets = RetentionSets(case.evaluator(), {"indep": case.evaluator(items=case.items[:4], prefix="retain/indep")})
+    model = case.fresh_model()
+    base = sets.measure_base(model, case.formatter, "32-true")
+    assert base["retain/count"] == len(case.items) and base["retain/indep/count"] == 4
+    assert sets.measured
+    adapter = sets.measure_adapter(model, case.formatter)
+    assert adapter["retain/kept"] == 1.0 and adapter["retain/indep/kept"] == 1.0  # an untouched adapter
+    assert {key for key in adapter if key.startswith("retain/indep/")} == {
+        f"retain/indep/{name}" for name in ("acc", "kept", "kl", "repeat", "same", "count")}
+
+
+def test_a_checkpoint_from_before_the_further_set_restores_the_main_set_and_measures_the_new_one(case: Case) -> None:
+    alone = RetentionSets(case.evaluator(), {})
+    alone.measure_base(case.fresh_model(), case.formatter, "32-true")
+    state = alone.state_dict()
+    del state["sets"]  # as a checkpoint written with one retention set holds it
+    both = RetentionSets(case.evaluator(), {"indep": case.evaluator(prefix="retain/indep")})
+    both.load_state_dict(state)
+    assert both.main.measured and not both.extra["indep"].measured and not both.measured
+
+
+def test_a_further_set_name_must_be_a_plain_word() -> None:
+    with pytest.raises(TutorTuneError, match="extra_dirs has the set name 'a/b'"):
+        RetentionSets.from_settings(RetentionSettings(dir=None, extra_dirs={"a/b": "data/retention"}), seed=0)
+    assert RetentionSets.from_settings(RetentionSettings(dir=None), seed=0) is None  # nothing to measure
 
 
 def test_eval_size_grades_a_seeded_subset_of_the_base_right_items(case: Case) -> None:

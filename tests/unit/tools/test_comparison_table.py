@@ -128,8 +128,21 @@ def test_retention_has_per_seed_rows_then_mean_and_worst(two_seeds) -> None:
     assert retention["kl"] == {"mean": pytest.approx(0.2), "worst": 0.3}  # worst: the furthest from the base
     assert retention["repeat"]["worst"] == 0.15
     page = markdown(data)
-    assert ("| the config as given | 28.50% of 200 | 42: 90.00%, 1: 70.00% | 80.00% | 70.00% | 0.200 / 0.300 "
-            "| 10.00% (9.80%) |") in page
+    assert ("| the config as given | retention | 28.50% of 200 | 42: 90.00%, 1: 70.00% | 80.00% | 70.00% "
+            "| 0.200 / 0.300 | 10.00% (9.80%) |") in page
+
+
+def test_a_further_retention_set_gets_its_own_rows_under_its_name(two_seeds) -> None:
+    runs = [with_retention(two_seeds[0], 0.9, 0.1, 0.05), with_retention(two_seeds[1], 0.7, 0.3, 0.15)]
+    for run, kept in zip(runs, (0.75, 0.5)):
+        run.summary["retention_sets"] = {"indep": {"base_acc": 0.3, "base_count": 80.0, "base_repeat": 0.1,
+                                                   "kept": kept, "graded": 24.0, "kl": 0.09, "repeat": 0.1}}
+    data = comparison(runs, CONTEXT)
+    indep = data["settings"][0]["retention_sets"]["indep"]
+    assert indep["kept"] == {"mean": pytest.approx(0.625), "worst": 0.5}
+    assert data["settings"][0]["retention"]["kept"]["worst"] == 0.7  # the main set's numbers stay its own
+    page = markdown(data)
+    assert "| the config as given | indep | 30.00% of 80 | 42: 75.00%, 1: 50.00% | 62.50% | 50.00% |" in page
 
 
 def test_runs_without_retention_have_no_retention_table(two_seeds) -> None:

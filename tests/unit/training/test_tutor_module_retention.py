@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
@@ -69,3 +70,25 @@ def test_validate_measures_the_base_from_the_reply_cache_when_no_training_ran(ti
     # A fresh adapter is the base model: it keeps every right answer and is zero KL away.
     assert float(trainer.callback_metrics["retain/kept"]) == 1.0
     assert float(trainer.callback_metrics["retain/kl"]) == 0.0
+
+
+def test_a_further_retention_set_is_measured_and_reported_under_its_name(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = write_retention_folder(tmp_path / "retention", tiny_model_dir)
+    module = make_module(tiny_model_dir, retention={"dir": str(folder), "eval_size": None,
+                                                    "extra_dirs": {"indep": str(folder)}})
+    report = RunReport(dirpath=str(tmp_path / "report"), sample_questions=[])
+    checkpoints = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, save_top_k=0)
+    trainer = make_trainer(tmp_path, 3, [report, checkpoints], val_check_interval=3)
+    trainer.fit(module, datamodule=make_datamodule(tiny_model_dir, tmp_path))
+
+    assert module.base_math_metrics["retain/indep/acc"] == 0.75
+    logged = trainer.callback_metrics
+    assert float(logged["retain/indep/count"]) == 3 and float(logged["retain/indep/kept"]) == float(logged["retain/kept"])
+    further = report.summary["retention_sets"]["indep"]
+    assert further["base_acc"] == 0.75 and further["graded"] == 3
+    assert report.summary["retention"]["graded"] == 3  # the main set keeps its own row
+    assert "General ability (retention set indep, never trained on): base answers 75.0% of 4 right" in capsys.readouterr().out
+    state = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)["retention"]
+    assert state["sets"]["indep"]["base_correct"] == [True, True, True, False]
