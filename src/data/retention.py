@@ -168,9 +168,13 @@ def _checkable(row: dict[str, Any], path: str, line: int) -> CheckableItem:
     }
 
 
+_FOLDER_HINT = (f"a retention folder holds {CHECKABLE_FILE} and {OPEN_FILE} (the generated set in {DEFAULT_DIR} is "
+                "written by: python -m src.data.retention)")
+
+
 def _rows(path: Path, required: dict[str, type]) -> list[tuple[int, dict[str, Any]]]:
     if not path.is_file():
-        raise DataFormatError(str(path), None, "file not found; write the retention set with: python -m src.data.retention")
+        raise DataFormatError(str(path), None, f"file not found; {_FOLDER_HINT}")
     rows: list[tuple[int, dict[str, Any]]] = []
     seen: dict[str, int] = {}
     for line, text in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
@@ -197,7 +201,7 @@ def _rows(path: Path, required: dict[str, type]) -> list[tuple[int, dict[str, An
         seen[row["id"]] = line
         rows.append((line, row))
     if not rows:
-        raise DataFormatError(str(path), None, "no rows; write the retention set with: python -m src.data.retention")
+        raise DataFormatError(str(path), None, f"no rows; {_FOLDER_HINT}")
     return rows
 
 

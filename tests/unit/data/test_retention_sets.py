@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
+from src.data.conversation import DataFormatError
 from src.data.retention import CHECKABLE_FILE, DEFAULT_DIR, OPEN_FILE, REPLAY_FILE, load_checkable, load_open, write_all
 from src.evaluation.self_prompts import NEAR_DUPLICATE, jaccard, keep_general_prompts, words
 from src.training.base_model_pass import retention_prompts
@@ -41,3 +44,17 @@ def test_self_written_prompts_are_kept_apart_from_the_independent_set_too() -> N
     assert keep_general_prompts(["Who wrote Don Quixote, the novel?", "Who wrote Romeo and Juliet?"], excluded, 5) == [
         "Who wrote Don Quixote, the novel?"
     ]
+
+
+def test_a_folder_without_a_retention_file_is_named_with_what_it_must_hold(tmp_path: Path) -> None:
+    with pytest.raises(DataFormatError) as refused:
+        load_checkable(tmp_path / CHECKABLE_FILE)
+    message = str(refused.value)
+    assert str(tmp_path / CHECKABLE_FILE) in message and "file not found" in message
+    assert f"holds {CHECKABLE_FILE} and {OPEN_FILE}" in message
+
+
+def test_an_empty_open_file_is_refused_by_name(tmp_path: Path) -> None:
+    (tmp_path / OPEN_FILE).write_text("\n", encoding="utf-8")
+    with pytest.raises(DataFormatError, match="no rows; a retention folder holds"):
+        load_open(tmp_path / OPEN_FILE)
