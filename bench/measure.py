@@ -22,6 +22,8 @@ from pathlib import Path
 
 import torch
 
+from src.models.precision import cpu_has_fast_bf16
+
 GIB = 1024**3
 STATUS = Path("/proc/self/status")
 CLEAR_REFS = Path("/proc/self/clear_refs")
@@ -131,7 +133,9 @@ def device_description(device: torch.device) -> str:
             if line.startswith("model name"):
                 name = line.split(":", 1)[1].strip()
                 break
-    return f"{name}, {torch.get_num_threads()} threads"
+    # Timings differ between the two CPU kinds these benchmarks run on: say which one this was.
+    kind = "AVX512-BF16" if cpu_has_fast_bf16() else "no AVX512-BF16/AMX"
+    return f"{name} ({kind}), {torch.get_num_threads()} threads"
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -67,9 +68,18 @@ def llamacpp_replies(
     gguf_path: str | Path, questions: list[Question], max_new_tokens: int, n_ctx: int = 512, n_threads: int | None = None
 ) -> list[str]:
     """Greedy replies of llama.cpp from the file alone: its chat template, tokenizer and end-of-turn token."""
+    return llamacpp_chat_replies(open_llamacpp(gguf_path, n_ctx, n_threads), questions, max_new_tokens)
+
+
+def open_llamacpp(gguf_path: str | Path, n_ctx: int = 512, n_threads: int | None = None) -> Any:
+    """A `llama_cpp.Llama` for the file, loaded once (benchmarks time the answers, not the load)."""
     from llama_cpp import Llama  # optional: llama-cpp-python compiles llama.cpp on install
 
-    llm = Llama(model_path=str(gguf_path), n_ctx=n_ctx, n_threads=n_threads or os.cpu_count(), seed=0, verbose=False)
+    return Llama(model_path=str(gguf_path), n_ctx=n_ctx, n_threads=n_threads or os.cpu_count(), seed=0, verbose=False)
+
+
+def llamacpp_chat_replies(llm: Any, questions: list[Question], max_new_tokens: int) -> list[str]:
+    """llama.cpp's greedy replies, one question at a time, as people run it."""
     replies = []
     for question in questions:
         result = llm.create_chat_completion(

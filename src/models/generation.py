@@ -105,15 +105,22 @@ def greedy_tokens(
     # generate's position ids: count real tokens only, so left padding does not shift a row's positions.
     positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)  # (B, T)
     cache = DynamicCache(config=model.config)
-    keep_last = {"logits_to_keep": 1} if supports_logits_to_keep(model) else {}
+    keeps_logits = supports_logits_to_keep(model)
+    # The last position as an index tensor, not the int 1 that `generate` passes: slicing [:, -1:] leaves a
+    # (B, 1, H) view whose strides stop `matmul` from folding it into one matrix product, so the LM head runs
+    # as a batched product over B copies of its weight (in bf16 on the CPU a 2.8 GB copy for SmolLM2 at
+    # B = 50, about as long as the rest of the batch's decoding). An index makes a compact (B, 1, H) tensor.
+    prefill_keep = {"logits_to_keep": torch.tensor([input_ids.shape[1] - 1], device=input_ids.device)}
     logits = model(
         input_ids=input_ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True,
-        **keep_last,
+        **(prefill_keep if keeps_logits else {}),
     ).logits[:, -1]  # (B, V)
+    keep_last = {"logits_to_keep": 1} if keeps_logits else {}
     rows = torch.arange(batch_size, device=input_ids.device)  # the input row of each row still decoding
     position = positions[:, -1:]  # (b, 1)
     for step in range(max_new_tokens):
-        token = logits.argmax(dim=-1)  # (b,)
+        # generate's argmax is over float32 logits; the same values, and on the CPU far faster than a bf16 argmax.
+        token = logits.float().argmax(dim=-1)  # (b,)
         for row, value in zip(rows.tolist(), token.tolist(), strict=True):
             new_tokens[row].append(value)
         done = torch.isin(token, stops)

@@ -107,3 +107,18 @@ def test_a_repetition_penalty_in_the_generation_config_is_honoured(model, tokeni
     finally:
         base.generation_config.repetition_penalty = 1.0
     assert not adds_logits_processors(model)
+
+
+def test_the_lm_head_sees_one_compact_row_per_prompt_in_the_prefill(model, batch, stops) -> None:
+    # A (B, 1, H) slice of the prompt's hidden states keeps the prompt's strides, and `matmul` then runs the
+    # LM head as a batched product over B copies of its weight (gigabytes in bf16 for a real vocabulary).
+    seen: list[tuple[tuple[int, ...], tuple[int, ...]]] = []
+    head = model.get_base_model().get_output_embeddings()
+    hook = head.register_forward_pre_hook(lambda module, args: seen.append((tuple(args[0].shape), args[0].stride())))
+    try:
+        greedy_tokens(model, batch["input_ids"], batch["attention_mask"], 2, stops)
+    finally:
+        hook.remove()
+    shape, stride = seen[0]
+    assert shape == (len(PROMPTS), 1, head.in_features)
+    assert stride == torch.empty(shape).stride()
