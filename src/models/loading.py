@@ -16,7 +16,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
 from src.errors import ConfigurationError
-from src.models.quantization import bnb_config, keep_unpackable_layers_on_plain_kernel
+from src.models.quantization import bnb_config, keep_4bit_layers_on_the_trainable_kernel
 from src.sources.checks import reading_source, refuse_pickle
 from src.sources.tokenizer import resolve_source
 
@@ -90,7 +90,7 @@ def load_base_model(
             # Dequantised GGUF weights are plain tensors; the marker only blocks saving and PEFT merges.
             model.hf_quantizer = None
     if quantization is not None:
-        keep_unpackable_layers_on_plain_kernel(model)
+        keep_4bit_layers_on_the_trainable_kernel(model)
     model.requires_grad_(False)
     return model
 

@@ -98,48 +98,35 @@ def is_quantized(model: torch.nn.Module) -> bool:
     return bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False))
 
 
-# bitsandbytes 0.50.2 repacks a 4-bit weight for its AVX512-BF16 CPU kernel in rows of 32 output features,
-# with one bf16 scale per 64-element block of a row (`functional._convert_weight_packed_for_cpu`).
-CPU_PACK_ROWS = 32
+def keep_4bit_layers_on_the_trainable_kernel(model: torch.nn.Module) -> list[str]:
+    """Turn bitsandbytes' AVX512-BF16 inference path off for every 4-bit layer; returns their names.
 
-
-def cpu_packable(out_features: int, in_features: int, blocksize: int) -> bool:
-    """Whether bitsandbytes' AVX512-BF16 repacking accepts a [out_features, in_features] 4-bit weight."""
-    return out_features % CPU_PACK_ROWS == 0 and in_features % blocksize == 0 and in_features % 2 == 0
-
-
-def keep_unpackable_layers_on_plain_kernel(model: torch.nn.Module) -> list[str]:
-    """Turn bitsandbytes' AVX512-BF16 inference path off for the 4-bit layers it cannot repack; returns
-    their names with shapes.
-
-    On a CPU with AVX512-BF16, `Linear4bit.forward` in eval mode without grad repacks the weight once
-    for a faster kernel, deciding by the flag `support_avx512bf16_for_cpu` it read from `has_avx512bf16()`
-    when the layer was built. The repacking crashes on shapes it does not take ("shape '[32, 0]' is
-    invalid", "N must be divisible by block_n"), and bitsandbytes checks no shape first: clearing the flag
-    keeps such a layer on the dequantise-and-matmul kernel every other CPU uses. Layers it can repack, and
-    every layer on CPUs without AVX512-BF16 (flag already off), are left as they are.
+    On a CPU with AVX512-BF16, bitsandbytes 0.50.2's `Linear4bit.forward` repacks a layer's weight for a
+    faster kernel the first time the layer runs in eval mode without grad, deciding by the flag
+    `support_avx512bf16_for_cpu` it read from `has_avx512bf16()` when the layer was built. The repacked
+    layout is for inference only, but it stays: from then on `matmul_4bit` sends every call, training steps
+    included, to `gemv_4bit`, which has no backward (with a bias it raises "a view of a leaf Variable that
+    requires grad is being used in an in-place operation"; without one the gradient to the LoRA layers
+    below is lost). A tutor answers questions before and between its training steps, so its 4-bit layers
+    stay on the dequantise-and-matmul kernel every other CPU uses. The repacking also crashes on shapes
+    it does not take (outputs not in multiples of 32: "shape '[32, 0]' is invalid"), which this avoids too.
     """
     if not bitsandbytes_installed():
         return []
     import bitsandbytes as bnb
 
-    kept = []
+    switched = []
     for name, module in model.named_modules():
-        if not isinstance(module, bnb.nn.Linear4bit) or not getattr(module, "support_avx512bf16_for_cpu", False):
-            continue
-        state = module.weight.quant_state
-        out_features, in_features = (module.out_features, module.in_features) if state is None else state.shape
-        blocksize = 64 if state is None else state.blocksize
-        if not cpu_packable(out_features, in_features, blocksize):
+        if isinstance(module, bnb.nn.Linear4bit) and getattr(module, "support_avx512bf16_for_cpu", False):
             module.support_avx512bf16_for_cpu = False
-            kept.append(f"{name} [{out_features}, {in_features}]")
-    if kept:
+            switched.append(name)
+    if switched:
         # Said once a load, since it costs speed: only CPUs with AVX512-BF16 reach this.
         rank_zero_info(
-            f"{len(kept)} 4-bit layers stay on bitsandbytes' plain CPU kernel: its AVX512-BF16 kernel needs "
-            f"outputs in multiples of {CPU_PACK_ROWS} and inputs in whole quantisation blocks (first: {kept[0]})"
+            f"{len(switched)} 4-bit layers use bitsandbytes' plain CPU kernel: its AVX512-BF16 kernel repacks the "
+            "weights for inference only, and a tutor trains after answering"
         )
-    return kept
+    return switched
 
 
 def prepare_for_kbit_training(model: PreTrainedModel, gradient_checkpointing: bool) -> int:

@@ -13,12 +13,13 @@ import torch
 from bitsandbytes import cextension
 from safetensors import safe_open
 
+import src.models.loading as loading
 import src.models.quantization as quantization
 from src.errors import ConfigurationError
 from src.models.loading import load_base_model
 from src.models.lora import attach_lora, keep_trainable_in_float32
 from src.models.quantization import bnb_config, check_quantization, is_quantized, prepare_for_kbit_training
-from tiny_llamas import save_tiny_llama
+from tiny_llamas import NF4_SHAPES, save_tiny_llama
 
 ARCHITECTURES = Path(__file__).parents[3] / "configs" / "architectures"
 SMALL = {  # the shipped architectures at a few thousand parameters (hidden 64: one nf4 block per row)
@@ -183,7 +184,7 @@ def test_no_quantization_needs_nothing() -> None:
     check_quantization(None, "mps")
 
 
-# --- bitsandbytes' AVX512-BF16 inference path, forced on whatever this CPU is ------------------------------
+# --- bitsandbytes' AVX512-BF16 inference path ---------------------------------------------------------------
 @pytest.fixture
 def avx512bf16_layers(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every Linear4bit built from here on takes the AVX512-BF16 decision, as on a CPU that has it: the flag
@@ -191,59 +192,56 @@ def avx512bf16_layers(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(bnb.nn.modules, "has_avx512bf16", lambda: True)
 
 
-@pytest.mark.parametrize(
-    ("out_features", "in_features", "packable"),
-    [(64, 64, True), (32, 128, True), (192, 576, True), (32, 32, False), (48, 64, False), (64, 96, False)],
-)
-def test_the_avx512_repacking_takes_32_output_rows_and_whole_64_blocks(out_features, in_features, packable) -> None:
-    assert quantization.cpu_packable(out_features, in_features, blocksize=64) is packable
+@pytest.fixture
+def biased_nf4_model_dir(tiny_tokenizer, tmp_path: Path) -> Path:
+    """Shapes the AVX512-BF16 repacking takes, with biased attention projections as phi-2 has."""
+    return save_tiny_llama(tmp_path, tiny_tokenizer, random_norms=False, attention_bias=True, **NF4_SHAPES)
 
 
-def test_without_the_guard_bitsandbytes_crashes_on_a_hidden_32_model_in_eval(tiny_model_dir: Path) -> None:
-    # Why the guard exists: the repacking itself (pure torch, so it runs on any CPU) breaks on these shapes.
-    model = quantized_tiny(tiny_model_dir, "nf4").eval()
-    layer = model.model.layers[0].self_attn.q_proj  # [32, 32]
-    layer.support_avx512bf16_for_cpu = True
-    with torch.no_grad(), pytest.raises((RuntimeError, AssertionError)):
-        layer(torch.ones(1, 32))
+def answer_then_train(model_dir: Path) -> torch.nn.Module:
+    """A 4-bit tutor answers once (eval, no grad), then takes a training forward and backward."""
+    model = attach_lora(quantized_tiny(model_dir, "nf4"), r=4, alpha=8, dropout=0.0, target_modules="all-linear")
+    keep_trainable_in_float32(model)
+    ids = torch.randint(0, 100, (2, 9), generator=torch.Generator().manual_seed(2))
+    model.eval()
+    with torch.no_grad():
+        model(input_ids=ids)
+    model.train()
+    model(input_ids=ids, labels=ids).loss.backward()
+    return model
 
 
-def test_unpackable_layers_stay_on_the_plain_kernel_and_answer_as_without_avx512(
-    tiny_tokenizer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # hidden 32, intermediate 48: no projection has 32-row outputs over whole 64-blocks, so none may be repacked
-    # (a repacked one would need the AVX512 kernel itself, which this test cannot assume the CPU has).
+@pytest.mark.skipif(not bnb.functional.has_avx512bf16(), reason="shows bitsandbytes' own AVX512-BF16 kernel at work")
+def test_without_the_guard_a_4bit_layer_cannot_train_once_it_has_answered(biased_nf4_model_dir: Path, monkeypatch) -> None:
+    # Why the guard exists: the first answer repacks the weights for an inference-only kernel, and they stay so.
+    monkeypatch.setattr(loading, "keep_4bit_layers_on_the_trainable_kernel", lambda model: [])
+    with pytest.raises(RuntimeError, match="in-place operation"):
+        answer_then_train(biased_nf4_model_dir)
+
+
+def test_no_4bit_layer_keeps_the_avx512_inference_path(tiny_nf4_model_dir: Path, avx512bf16_layers) -> None:
+    model = quantized_tiny(tiny_nf4_model_dir, "nf4")
+    layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert len(layers) == 14
+    assert not any(m.support_avx512bf16_for_cpu for m in layers)
+
+
+def test_a_4bit_tutor_trains_after_answering_on_an_avx512_bf16_cpu(biased_nf4_model_dir: Path, avx512bf16_layers) -> None:
+    model = answer_then_train(biased_nf4_model_dir)
+    layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert not any(getattr(m.weight.quant_state, "packing_format_for_cpu", False) for m in layers)
+    lora = {n: p for n, p in model.named_parameters() if "lora_B" in n}  # A gets none while B is 0
+    assert len(lora) == 14
+    # Every adapter gets a gradient, the first layer's too: the backward ran through every 4-bit layer above it.
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in lora.values())
+
+
+def test_unpackable_shapes_answer_as_on_a_cpu_without_avx512(tiny_tokenizer, tmp_path: Path, monkeypatch) -> None:
+    # hidden 32, intermediate 48: shapes the AVX512-BF16 repacking would crash on.
     folder = save_tiny_llama(tmp_path, tiny_tokenizer, random_norms=False, intermediate_size=48)
     ids = torch.randint(0, 100, (2, 9), generator=torch.Generator().manual_seed(2))
     plain = quantized_tiny(folder, "nf4").eval()
     monkeypatch.setattr(bnb.nn.modules, "has_avx512bf16", lambda: True)
     forced = quantized_tiny(folder, "nf4").eval()
-    layers = [m for m in forced.modules() if isinstance(m, bnb.nn.Linear4bit)]
-    assert len(layers) == 14 and not any(m.support_avx512bf16_for_cpu for m in layers)
     with torch.no_grad():
         torch.testing.assert_close(forced(input_ids=ids).logits, plain(input_ids=ids).logits)
-    assert not any(getattr(m.weight.quant_state, "packing_format_for_cpu", False) for m in layers)
-
-
-def test_a_hidden_32_model_keeps_only_its_packable_down_projections(tiny_model_dir: Path, avx512bf16_layers) -> None:
-    model = quantized_tiny(tiny_model_dir, "nf4")
-    kept = {n.rsplit(".", 1)[-1] for n, m in model.named_modules()
-            if isinstance(m, bnb.nn.Linear4bit) and m.support_avx512bf16_for_cpu}
-    assert kept == {"down_proj"}  # [32, 64]; q/k/v/o ([32|16, 32]) and gate/up ([64, 32]) are not
-
-
-def test_packable_layers_keep_the_avx512_kernel(tiny_nf4_model_dir: Path, avx512bf16_layers) -> None:
-    model = quantized_tiny(tiny_nf4_model_dir, "nf4")
-    layers = {n: m for n, m in model.named_modules() if isinstance(m, bnb.nn.Linear4bit)}
-    assert len(layers) == 14
-    assert all(m.support_avx512bf16_for_cpu for m in layers.values())
-
-
-def test_only_the_unpackable_layers_of_a_mixed_model_are_switched(tiny_tokenizer, tmp_path: Path, avx512bf16_layers) -> None:
-    # hidden 64, 4 KV heads of 4 dims: k_proj and v_proj are [16, 64], the rest packable.
-    folder = save_tiny_llama(tmp_path, tiny_tokenizer, random_norms=False, hidden_size=64, intermediate_size=128,
-                             num_key_value_heads=4, head_dim=4, num_attention_heads=16)
-    model = quantized_tiny(folder, "nf4")
-    switched = {n.rsplit(".", 1)[-1] for n, m in model.named_modules()
-                if isinstance(m, bnb.nn.Linear4bit) and not m.support_avx512bf16_for_cpu}
-    assert switched == {"k_proj", "v_proj"}
