@@ -6,7 +6,8 @@ that runs to the token budget), so most of those rows are wasted work. The loop 
 `generate`'s own arithmetic (same prefill, position ids, mask growth, cache, argmax) with one
 change: a row leaves the batch, and the KV cache (`DynamicCache.batch_select_indices`), as soon as
 it emits an end-of-turn token. Rows of a batch never mix in a forward, so the answers are
-`generate`'s; tests/unit/models/test_generation_fast.py checks that against `generate` itself.
+`generate`'s; tests/unit/models/test_generation_fast.py checks that against `generate` itself. (It also
+hands the LM head each prompt's last position as one compact tensor, which `generate` does not: see the prefill.)
 """
 
 from __future__ import annotations
