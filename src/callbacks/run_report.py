@@ -23,6 +23,7 @@ from matplotlib.figure import Figure
 from src.callbacks.adapter_checkpoint import AdapterCheckpoint
 from src.callbacks.memory_monitor import MemoryMonitor
 from src.callbacks.report_figures import save_held_out_figure
+from src.evaluation.retention_eval import SECONDS_KEY
 from src.training.contracts import ReportedTutor
 
 DEFAULT_SAMPLE_QUESTIONS = ("¿Cuánto es 12 + 7?", "What is 9 * 8?", "¿Cuánto es 45 - 18?")
@@ -78,6 +79,25 @@ def _further_retention(base: dict[str, Any], kept: dict[str, Any] | None) -> dic
     names = sorted({key.split("/")[1] for key in (*base, *(kept or {}))
                     if key.startswith("retain/") and key.count("/") == 2})
     return {name: table for name in names if (table := _retention(base, kept, f"retain/{name}")) is not None}
+
+
+def _retention_cost(base: dict[str, Any], history: list[dict[str, Any]], duration: float) -> dict[str, Any] | None:
+    """What measuring general ability cost this run: the base model once, the adapter at each validation."""
+    adapter = [r[SECONDS_KEY] for r in history if r["kind"] == "val" and SECONDS_KEY in r]
+    if SECONDS_KEY not in base and not adapter:
+        return None
+    total = base.get(SECONDS_KEY, 0.0) + sum(adapter)
+    return {"base_s": base.get(SECONDS_KEY), "adapter_s": sum(adapter), "validations": len(adapter),
+            "total_s": total, "share_of_run": total / duration if duration > 0 else None}
+
+
+def _retention_cost_line(cost: dict[str, Any] | None) -> list[str]:
+    if cost is None:
+        return []
+    base = "n/a (not measured in this run)" if cost["base_s"] is None else f"{cost['base_s']:.0f} s"
+    share = "" if cost["share_of_run"] is None else f" ({cost['share_of_run']:.1%} of the run's duration)"
+    return [f"General-ability measurement: {cost['total_s']:.0f} s{share}: base model {base}, "
+            f"adapter {cost['adapter_s']:.0f} s over {cost['validations']} validation(s)"]
 
 
 def _retention_lines(retention: dict[str, Any] | None, passed_over: dict[str, Any] | None,
@@ -267,6 +287,7 @@ class RunReport(Callback):
             "best_adapter_path": str(checkpoint.best_path) if checkpoint and checkpoint.best_path else None,
             "retention": _retention(base_metrics, kept_record),
             "retention_sets": _further_retention(base_metrics, kept_record),
+            "retention_cost": _retention_cost(base_metrics, self.history, duration),
             "passed_over_for_retention": (
                 {**checkpoint.best_passed_over, "floor": checkpoint.retention_floor}
                 if checkpoint is not None and checkpoint.best_passed_over else None
@@ -374,6 +395,7 @@ class RunReport(Callback):
         lines.extend(_retention_lines(s.get("retention"), s.get("passed_over_for_retention")))
         for name, table in (s.get("retention_sets") or {}).items():
             lines.extend(_retention_lines(table, None, f"retention set {name}"))
+        lines.extend(_retention_cost_line(s.get("retention_cost")))
         lines.append(f"Best adapter: {s['best_adapter_path'] or 'not saved (no AdapterCheckpoint)'}")
         lines.append(f"Report files: {self.dirpath}")
         lines.append(f"TensorBoard: tensorboard --logdir {save_dir}")

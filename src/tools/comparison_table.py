@@ -121,6 +121,11 @@ def setting_table(setting: dict[str, str], runs: Sequence[RunResult]) -> dict[st
         "train_time_s": _stats([run.summary.get("train_time_s") for run in finished], worst_is_max=True),
         "train_tokens_seen": _stats([run.summary.get("train_tokens_seen") for run in finished], worst_is_max=True),
         "retention": _retention_table(finished),
+        # What measuring general ability cost: seconds per run and their share of the run's duration.
+        "retention_cost_s": _stats([(run.summary.get("retention_cost") or {}).get("total_s") for run in finished],
+                                   worst_is_max=True),
+        "retention_cost_share": _stats([(run.summary.get("retention_cost") or {}).get("share_of_run")
+                                        for run in finished], worst_is_max=True),
         "retention_sets": {name: table for name in _further_sets(finished)
                            if (table := _retention_table(finished, name)) is not None},
     }
@@ -256,6 +261,12 @@ def _retention_summary_lines(settings: Sequence[dict[str, Any]]) -> list[str]:
             f"{_number(r['kl']['mean'])} / {_number(r['kl']['worst'])}",
             f"{_pct(r['repeat']['mean'])} ({_pct(base['repeat'])})",
         ]))
+    costs = [table for table in settings if (table.get("retention_cost_s") or {}).get("mean") is not None]
+    if costs:
+        lines += ["", "Measuring general ability (base model once, adapter at each validation), per run:", ""]
+        lines += [f"- {t['label']}: {t['retention_cost_s']['mean']:.0f} s mean, {t['retention_cost_s']['worst']:.0f} s "
+                  f"worst; {_pct(t['retention_cost_share']['mean'])} of the run's duration "
+                  f"(worst {_pct(t['retention_cost_share']['worst'])})" for t in costs]
     return lines + [""]
 
 

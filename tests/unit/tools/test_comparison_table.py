@@ -145,6 +145,16 @@ def test_a_further_retention_set_gets_its_own_rows_under_its_name(two_seeds) -> 
     assert "| the config as given | indep | 30.00% of 80 | 42: 75.00%, 1: 50.00% | 62.50% | 50.00% |" in page
 
 
+def test_what_measuring_retention_cost_is_reported_per_setting(two_seeds) -> None:
+    runs = [with_retention(two_seeds[0], 0.9, 0.1, 0.05), with_retention(two_seeds[1], 0.7, 0.3, 0.15)]
+    for run, seconds, share in zip(runs, (30.0, 50.0), (0.05, 0.08)):
+        run.summary["retention_cost"] = {"total_s": seconds, "share_of_run": share}
+    data = comparison(runs, CONTEXT)
+    assert data["settings"][0]["retention_cost_s"] == {"mean": pytest.approx(40.0), "worst": 50.0}
+    assert data["settings"][0]["retention_cost_share"] == {"mean": pytest.approx(0.065), "worst": 0.08}
+    assert "- the config as given: 40 s mean, 50 s worst; 6.50% of the run's duration (worst 8.00%)" in markdown(data)
+
+
 def test_runs_without_retention_have_no_retention_table(two_seeds) -> None:
     data = comparison(two_seeds, CONTEXT)
     assert data["settings"][0]["retention"] is None

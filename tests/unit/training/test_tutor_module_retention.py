@@ -90,5 +90,24 @@ def test_a_further_retention_set_is_measured_and_reported_under_its_name(
     assert further["base_acc"] == 0.75 and further["graded"] == 3
     assert report.summary["retention"]["graded"] == 3  # the main set keeps its own row
     assert "General ability (retention set indep, never trained on): base answers 75.0% of 4 right" in capsys.readouterr().out
+
     state = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)["retention"]
     assert state["sets"]["indep"]["base_correct"] == [True, True, True, False]
+
+
+def test_the_run_reports_what_measuring_general_ability_cost(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = write_retention_folder(tmp_path / "retention", tiny_model_dir)
+    module = make_module(tiny_model_dir, retention={"dir": str(folder)})
+    report = RunReport(dirpath=str(tmp_path / "report"), sample_questions=[])
+    trainer = make_trainer(tmp_path, 4, [report], val_check_interval=2)
+    trainer.fit(module, datamodule=make_datamodule(tiny_model_dir, tmp_path))
+
+    cost = report.summary["retention_cost"]
+    assert cost["validations"] == 2  # the adapter at steps 2 and 4, the base model once before
+    assert cost["base_s"] > 0 and cost["adapter_s"] > 0
+    assert cost["total_s"] == pytest.approx(cost["base_s"] + cost["adapter_s"])
+    assert cost["share_of_run"] == pytest.approx(cost["total_s"] / report.summary["duration_s"])
+    assert 0 < cost["share_of_run"] < 1
+    assert "General-ability measurement: " in capsys.readouterr().out
