@@ -84,10 +84,11 @@ def _further_retention(base: dict[str, Any], kept: dict[str, Any] | None) -> dic
 def _retention_cost(base: dict[str, Any], history: list[dict[str, Any]], duration: float) -> dict[str, Any] | None:
     """What measuring general ability cost this run: the base model once, the adapter at each validation."""
     adapter = [r[SECONDS_KEY] for r in history if r["kind"] == "val" and SECONDS_KEY in r]
-    if SECONDS_KEY not in base and not adapter:
+    base_s = base.get(SECONDS_KEY)
+    if base_s is None and not adapter:
         return None
-    total = base.get(SECONDS_KEY, 0.0) + sum(adapter)
-    return {"base_s": base.get(SECONDS_KEY), "adapter_s": sum(adapter), "validations": len(adapter),
+    total = (base_s or 0.0) + sum(adapter)
+    return {"base_s": base_s, "adapter_s": sum(adapter), "validations": len(adapter),
             "total_s": total, "share_of_run": total / duration if duration > 0 else None}
 
 

@@ -90,7 +90,6 @@ def test_a_further_retention_set_is_measured_and_reported_under_its_name(
     assert further["base_acc"] == 0.75 and further["graded"] == 3
     assert report.summary["retention"]["graded"] == 3  # the main set keeps its own row
     assert "General ability (retention set indep, never trained on): base answers 75.0% of 4 right" in capsys.readouterr().out
-
     state = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)["retention"]
     assert state["sets"]["indep"]["base_correct"] == [True, True, True, False]
 
