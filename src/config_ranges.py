@@ -115,6 +115,7 @@ MODEL_RANGES: dict[str, Rule] = {
     "generation.wrong_answers_logged": integer(0),
     "seed": integer(0, SEED_MAX),
     "replay_kl": real(0),
+    "target_masked_kl": real(0),
 }
 DATA_RANGES: dict[str, Rule] = {
     "format": choice(FORMATS),

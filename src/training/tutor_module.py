@@ -52,6 +52,8 @@ class TutorModule(L.LightningModule):
         evaluate_base: measure the untouched base model on the math items before training.
         seed: seed of random initialisation.
         replay_kl: weight of KL(base || adapter) on the replay rows (`data.replay_ratio`), added to the loss; 0: off.
+        target_masked_kl: weight of KL(base || adapter) over the non-target vocabulary on the task rows, added
+            to the loss: a regulariser against forgetting that needs no replay data (arXiv 2605.29498); 0: off.
     """
 
     def __init__(
@@ -62,7 +64,7 @@ class TutorModule(L.LightningModule):
         retention: RetentionSettings = RetentionSettings(), gradient_checkpointing: bool = False,
         attn_implementation: str | None = None, compile: bool = False, quantization: Quantization | None = None,
         evaluate_base: bool = True, system_prompt: str | None = None, chat_template: str | None = None,
-        seed: int = 0, packing: bool = False, replay_kl: float = 0.0,
+        seed: int = 0, packing: bool = False, replay_kl: float = 0.0, target_masked_kl: float = 0.0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -99,15 +101,15 @@ class TutorModule(L.LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
         self.progress.start_batch()  # the batch is on the device already; its time runs to on_train_batch_end
-        loss, kl = training_loss(self.model, batch, self.hparams.replay_kl)
+        loss, regularisers = training_loss(self.model, batch, self.hparams.replay_kl, self.hparams.target_masked_kl)
         if self.divergence.skips_loss(loss, self.global_step, self.hparams.optimizer["learning_rate"]):
             return None  # Lightning skips backward and the optimizer step for this batch
         # Counted here: callbacks' on_train_batch_end (ModelCheckpoint) runs before the module's.
         self.progress.count(batch, self.trainer.strategy)
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
-        if kl is not None:
-            self.log("train/replay_kl", kl)
+        for name, value in regularisers.items():
+            self.log(f"train/{name}", value)
         return loss
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:

@@ -42,6 +42,7 @@ MODEL_CASES = {
     "retention.base_size": ([None, 8], [0]),
     "seed": ([0, 2**32 - 1], [-1, 2**32]),
     "replay_kl": ([0.0, 0.5, 4], [-0.1]),
+    "target_masked_kl": ([0.0, 0.5, 4], [-0.1]),
 }
 DATA_CASES = {
     "format": (["auto", "chat"], ["jsonl"]),

@@ -66,11 +66,12 @@ def test_the_training_loss_is_cross_entropy_plus_the_weighted_kl_from_one_adapte
     model = with_lora(build()).eval()
     batch = with_replay(padded_batch(), [True, False, True])
     cross_entropy, kl = causal_lm_loss(model, batch), replay_kl(model, batch)
-    plain, no_kl = training_loss(model, batch, 0.0)
-    assert no_kl is None
+    plain, no_terms = training_loss(model, batch, 0.0)
+    assert no_terms == {}
     torch.testing.assert_close(plain, cross_entropy)
     loss, logged = training_loss(model, batch, 0.5)
-    torch.testing.assert_close(logged, kl, rtol=1e-4, atol=1e-6)
+    assert list(logged) == ["replay_kl"]
+    torch.testing.assert_close(logged["replay_kl"], kl, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(loss, cross_entropy + 0.5 * kl, rtol=1e-4, atol=1e-6)
 
 
@@ -78,8 +79,8 @@ def test_a_batch_without_replay_rows_adds_a_zero_kl() -> None:
     torch.manual_seed(0)
     model = with_lora(tiny_llama()).eval()
     batch = with_replay(padded_batch(), [False, False, False])
-    loss, kl = training_loss(model, batch, 1.0)
-    assert kl.item() == 0.0
+    loss, terms = training_loss(model, batch, 1.0)
+    assert terms["replay_kl"].item() == 0.0
     torch.testing.assert_close(loss, causal_lm_loss(model, batch))
 
 

@@ -95,3 +95,18 @@ def test_replay_kl_adds_the_base_models_distribution_on_replay_rows_to_the_loss(
     assert len(logged) == 6 and all(kl >= 0 for kl in logged)
     assert logged[0] == pytest.approx(0.0, abs=1e-6)  # a fresh adapter is the base model
     assert max(logged) > 0  # once the adapter has moved, replay rows pull it back
+
+
+def test_target_masked_kl_regularises_the_task_rows_of_a_run_without_replay(tiny_model_dir: Path, tmp_path: Path) -> None:
+    data = replay_datamodule(tiny_model_dir, tmp_path, ratio=0.0)
+    logged: list[float] = []
+
+    class RecordKL(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            logged.append(float(trainer.callback_metrics["train/target_masked_kl"]))
+
+    trainer = make_trainer(tmp_path, 6, callbacks=[RecordKL()])
+    trainer.fit(make_module(tiny_model_dir, target_masked_kl=1.0), datamodule=data)
+    assert len(logged) == 6 and all(kl >= 0 for kl in logged)
+    assert logged[0] == pytest.approx(0.0, abs=1e-6)  # a fresh adapter is the base model
+    assert max(logged) > 0
