@@ -45,3 +45,17 @@ class DataFormatError(TutorTuneError, ValueError):
 
 def make_record(messages: list[Message], kind: str | None = None, expected: str | None = None) -> Record:
     return {"messages": messages, "kind": kind, "expected": expected}
+
+
+def with_system_turn(messages: list[Message], text: str | None) -> list[Message]:
+    """`messages` opened by a system turn saying `text`, unless they have one already (or `text` is None)."""
+    if text is None or (messages and messages[0]["role"] == "system"):
+        return messages
+    return [{"role": "system", "content": text}, *messages]
+
+
+def mark_task_records(records: list[Record], text: str | None) -> list[Record]:
+    """The task's records with `with_system_turn(text)`: the turn that tells tutoring from other talk."""
+    if text is None:
+        return records
+    return [{**record, "messages": with_system_turn(record["messages"], text)} for record in records]

@@ -25,7 +25,7 @@ from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, Seque
 
 from src.data.chat_format import IGNORE_INDEX, ChatFormatter
 from src.data.collate import PromptCollator, TrainCollator, packing_collator
-from src.data.conversation import Record
+from src.data.conversation import Record, mark_task_records
 from src.data.formats import load_records
 from src.data.replay import REPLAY_KIND, mix_replay, replay_records
 from src.data.retention import load_open
@@ -51,6 +51,9 @@ class TutorDataModule(L.LightningDataModule):
         val_fraction: share of distinct training examples held out when there is no `val_file`.
         split_seed: seed of the split and of the math-evaluation subset.
         system_prompt: system text for conversations without one (replaces the template's default).
+        task_system_prompt: a system turn for the task's own conversations only (training rows, held-out
+            math questions, `answer`, `chat`), not for replay rows or the general-ability prompts: the adapter
+            can learn that tutoring is what the turn asks for and leave unmarked talk as the base had it.
         chat_template: Jinja chat template overriding the tokenizer's (base models have none).
         max_length: examples longer than this many tokens are truncated (and counted).
         batch_size: training batch size.
@@ -92,6 +95,7 @@ class TutorDataModule(L.LightningDataModule):
         val_fraction: float = 0.1,
         split_seed: int = 42,
         system_prompt: str | None = None,
+        task_system_prompt: str | None = None,
         chat_template: str | None = None,
         max_length: int = 256,
         batch_size: int = 8,
@@ -166,7 +170,9 @@ class TutorDataModule(L.LightningDataModule):
         hp = self.hparams
         self.tokenizer = load_tokenizer(hp.model_name, hp.gguf_file, hp.tokenizer_name)
         self.formatter = ChatFormatter(self.tokenizer, hp.system_prompt, hp.chat_template)
-        train_records, val_records = self._read_splits(stage)
+        train_records, val_records = (
+            mark_task_records(records, hp.task_system_prompt) for records in self._read_splits(stage)
+        )
         self._train_records = train_records
         train = self._tokenize(train_records, "train") if train_records else None
         val = self._tokenize(val_records, "val")
@@ -176,7 +182,8 @@ class TutorDataModule(L.LightningDataModule):
         self.val_dataset = self._seeded_subset(self._without_answerless(val, "val"), self.hparams.loss_eval_size)
         self.math_items = self._math_items(val_records, self._math_source("val"))
         self.extra_math_items = {
-            name: self._math_items(load_records(path, hp.format), self._math_source(name))
+            name: self._math_items(mark_task_records(load_records(path, hp.format), hp.task_system_prompt),
+                                   self._math_source(name))
             for name, path in (hp.extra_math_files or {}).items()
         }
 

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from src.data.collate import PromptCollator
+from src.data.conversation import with_system_turn
 from src.data.formats import FORMATS
 from src.data.questions import Question, load_questions
 from src.metrics.answer_extraction import answers_match, extract_answer
@@ -88,7 +89,11 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--limit", type=int | None, default=None, help="answer only the first N questions")
     parser.add_argument("--batch_size", type=int | None, default=None, help="default: data.eval_batch_size")
     cfg = parse(parser, argv)
-    questions = load_questions(cfg.questions, cfg.format)[: cfg.limit]
+    # Marked as validation marks the task's questions, so a file's replies stay validate's.
+    questions = [
+        {**q, "messages": with_system_turn(q["messages"], cfg.data.task_system_prompt)}
+        for q in load_questions(cfg.questions, cfg.format)[: cfg.limit]
+    ]
     module = build_tutor(parser, cfg)
     replies = answer_questions(module, questions, cfg.batch_size or cfg.data.eval_batch_size)
     rows = answer_rows(questions, replies)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from transformers import TextStreamer
 
-from src.data.conversation import Message
+from src.data.conversation import Message, with_system_turn
 from src.training.tutor_module import TutorModule
 from src.tools.config import build_tutor, parse, tutor_parser
 
@@ -63,9 +63,11 @@ def chat_loop(
     sampling: Sampling,
     read: Callable[[str], str] = input,
     write: Callable[[str], None] = print,
+    system: str | None = None,
 ) -> list[Message]:
-    """Read turns until /exit or end of input; returns the last conversation."""
-    history: list[Message] = []
+    """Read turns until /exit or end of input; returns the last conversation. `system` (the config's
+    `data.task_system_prompt`) opens every conversation, as it opened the tutoring turns in training."""
+    history: list[Message] = with_system_turn([], system)
     while True:
         try:
             line = read(PROMPT).strip()
@@ -77,7 +79,7 @@ def chat_loop(
         if line == "/exit":
             return history
         if line == "/reset":
-            history = []
+            history = with_system_turn([], system)
             write("(new conversation)")
             continue
         if line.startswith("/"):
@@ -109,5 +111,8 @@ def main(argv: Sequence[str]) -> int:
     source = cfg.model.adapter_path or "no adapter"
     decoding = "greedy" if cfg.temperature <= 0 else f"temperature {cfg.temperature}, top_p {cfg.top_p}"
     print(f"Tutor: {cfg.model.model_name} + {source} ({decoding}). {COMMANDS}.")
-    chat_loop(module, sampling)
+    if cfg.data.task_system_prompt is not None:
+        print(f"Every conversation opens with the tutoring turn {cfg.data.task_system_prompt!r} "
+              "(--data.task_system_prompt null to talk without it).")
+    chat_loop(module, sampling, system=cfg.data.task_system_prompt)
     return 0

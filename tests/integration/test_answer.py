@@ -32,7 +32,9 @@ def val_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_jsonl(tmp_path_factory.mktemp("answer") / "val.jsonl", rows)
 
 
-def validate_replies(model_dir: Path, adapter_dir: Path, val_file: Path, run_dir: Path) -> tuple[dict[str, str], float]:
+def validate_replies(
+    model_dir: Path, adapter_dir: Path, val_file: Path, run_dir: Path, extra: list[str]
+) -> tuple[dict[str, str], float]:
     """Every (question, reply) `validate` generates, and the math accuracy it logs."""
     seen: dict[str, str] = {}
     original = Answerer.answer_batch
@@ -53,17 +55,23 @@ def validate_replies(model_dir: Path, adapter_dir: Path, val_file: Path, run_dir
                 "--trainer.accelerator", "cpu",
                 "--trainer.logger.init_args.save_dir", str(run_dir),
                 "--trainer.enable_progress_bar", "false",
+                *extra,
             ]
         )
     return seen, float(cli.trainer.callback_metrics["val/math_acc"])
 
 
-def test_answers_are_validates_generations_for_the_same_items(tiny_model_dir, tiny_adapter_dir, val_file, tmp_path) -> None:
-    expected_replies, accuracy = validate_replies(tiny_model_dir, tiny_adapter_dir, val_file, tmp_path / "tb")
+# With a task system turn, `answer` opens each question with it as validation does.
+@pytest.mark.parametrize("extra", [[], ["--data.task_system_prompt", "Math tutor."]], ids=["plain", "task_turn"])
+def test_answers_are_validates_generations_for_the_same_items(
+    tiny_model_dir, tiny_adapter_dir, val_file, tmp_path, extra
+) -> None:
+    expected_replies, accuracy = validate_replies(tiny_model_dir, tiny_adapter_dir, val_file, tmp_path / "tb", extra)
     output = tmp_path / "answers.jsonl"
     code = run_tool(
         "answer",
-        [*model_args(tiny_model_dir, tiny_adapter_dir), "--questions", str(val_file), "--output", str(output), "--device", "cpu"],
+        [*model_args(tiny_model_dir, tiny_adapter_dir), "--questions", str(val_file), "--output", str(output),
+         "--device", "cpu", *extra],
     )
     assert code == 0
     rows = [json.loads(line) for line in output.read_text(encoding="utf-8").splitlines()]

@@ -328,3 +328,19 @@ def test_no_graded_items_means_no_longest_reference_answer(tiny_model_dir: Path,
     dm = datamodule(tiny_model_dir, tmp_path, train_file=str(train_file), val_fraction=0.25, math_eval_size=0)
     dm.setup("fit")
     assert dm.longest_reference_answer is None
+
+
+def test_a_task_system_turn_opens_every_task_example_and_math_prompt(
+    tiny_model_dir: Path, tmp_path: Path, train_file: Path, tiny_tokenizer
+) -> None:
+    extra = write_jsonl(tmp_path / "extra.jsonl", arithmetic_rows(6))
+    dm = datamodule(tiny_model_dir, tmp_path, train_file=str(train_file), val_fraction=0.25,
+                    task_system_prompt="Math tutor.", extra_math_files={"indep": str(extra)})
+    dm.setup("fit")
+    formatter = ChatFormatter(tiny_tokenizer)
+    for item in [*dm.math_items, *dm.extra_math_items["indep"]]:
+        marked = [{"role": "system", "content": "Math tutor."}, {"role": "user", "content": item["question"]}]
+        assert tiny_tokenizer.decode(item["prompt_ids"]) == formatter.prompt_text(marked)
+    for ids in [*dm.train_dataset["input_ids"], *dm.val_dataset["input_ids"]]:
+        assert "Math tutor." in tiny_tokenizer.decode(ids)
+

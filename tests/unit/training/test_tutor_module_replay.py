@@ -110,3 +110,14 @@ def test_target_masked_kl_regularises_the_task_rows_of_a_run_without_replay(tiny
     assert len(logged) == 6 and all(kl >= 0 for kl in logged)
     assert logged[0] == pytest.approx(0.0, abs=1e-6)  # a fresh adapter is the base model
     assert max(logged) > 0
+
+
+def test_the_task_system_turn_marks_task_rows_and_leaves_replay_rows_unmarked(tiny_model_dir: Path, tmp_path: Path) -> None:
+    data = replay_datamodule(tiny_model_dir, tmp_path, ratio=0.5)
+    data.hparams.task_system_prompt = "Math tutor."
+    make_trainer(tmp_path, 1).fit(make_module(tiny_model_dir), datamodule=data)
+    rows = [(data.tokenizer.decode(ids), replay) for ids, replay in
+            zip(data.train_dataset["input_ids"], data.train_dataset["replay"])]
+    assert {replay for _, replay in rows} == {True, False}
+    for text, replay in rows:
+        assert ("Math tutor." in text) is not replay
