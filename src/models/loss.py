@@ -39,7 +39,10 @@ def causal_lm_loss(model: PeftModel, batch: dict[str, torch.Tensor]) -> torch.Te
 
 
 def training_loss(
-    model: PeftModel, batch: dict[str, torch.Tensor], replay_kl_weight: float = 0.0, target_masked_kl_weight: float = 0.0
+    model: PeftModel,
+    batch: dict[str, torch.Tensor],
+    replay_kl_weight: float = 0.0,
+    target_masked_kl_weight: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The loss a training step minimises: cross-entropy on the labels, plus `replay_kl_weight` times the
     replay rows' KL toward the base model and `target_masked_kl_weight` times the task rows' KL toward it
@@ -142,7 +145,7 @@ def target_masked_kl_between(
 
 
 def target_masked_kl(model: PeftModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Standalone `_target_masked_kl` over the task rows (those not marked `replay`) of a batch, with the
+    """Standalone `target_masked_kl_between` over the task rows (those not marked `replay`) of a batch, with the
     adapter and without it; `training_loss` reuses its adapter pass."""
     replay = batch.get("replay")
     if replay is not None and bool(replay.all()):
