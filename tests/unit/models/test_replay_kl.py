@@ -12,6 +12,11 @@ from src.models.loss import causal_lm_loss, check_replay_kl, labelled_logits, re
 from test_loss import padded_batch, tiny_gemma2, tiny_llama, with_lora
 
 
+def assert_only_the_adapter_has_gradients(model: torch.nn.Module) -> None:
+    graded = {name for name, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert graded and all("lora_" in name for name in graded)
+
+
 def with_replay(batch: dict[str, torch.Tensor], rows: list[bool]) -> dict[str, torch.Tensor]:
     return {**batch, "replay": torch.tensor(rows)}
 
@@ -30,8 +35,7 @@ def test_an_adapter_that_changes_the_model_has_positive_kl_with_gradients_to_the
     kl = replay_kl(model, with_replay(padded_batch(), [True, False, True]))
     assert kl.item() > 1e-3
     kl.backward()
-    graded = {name for name, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
-    assert graded and all("lora_" in name for name in graded)
+    assert_only_the_adapter_has_gradients(model)
 
 
 def test_only_the_replay_rows_count() -> None:

@@ -19,7 +19,7 @@ from src.models.loss import (
     training_loss,
 )
 from test_loss import padded_batch, tiny_gemma2, tiny_llama, with_lora
-from test_replay_kl import with_replay
+from test_replay_kl import assert_only_the_adapter_has_gradients, with_replay
 
 
 def test_raising_only_the_target_token_costs_nothing() -> None:
@@ -53,8 +53,7 @@ def test_an_adapter_that_changes_the_model_is_positive_with_gradients_to_the_ada
     kl = target_masked_kl(model, padded_batch())
     assert kl.item() > 1e-3
     kl.backward()
-    graded = {name for name, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
-    assert graded and all("lora_" in name for name in graded)
+    assert_only_the_adapter_has_gradients(model)
 
 
 def test_only_the_task_rows_count() -> None:

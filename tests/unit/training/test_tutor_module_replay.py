@@ -82,16 +82,21 @@ def test_the_base_model_writes_further_replay_prompts_once(tiny_model_dir: Path,
     assert any(entry["prompts"][: len(PROMPTS)] == PROMPTS for entry in stored(cached_reply_files()))
 
 
-def test_replay_kl_adds_the_base_models_distribution_on_replay_rows_to_the_loss(tiny_model_dir: Path, tmp_path: Path) -> None:
-    data = replay_datamodule(tiny_model_dir, tmp_path, ratio=1.0)
+def logged_at_each_step(name: str, module, data, folder: Path, steps: int = 6) -> list[float]:
+    """`name`'s logged value after each of `steps` training steps of `module` on `data`."""
     logged: list[float] = []
 
-    class RecordKL(L.Callback):
+    class Record(L.Callback):
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-            logged.append(float(trainer.callback_metrics["train/replay_kl"]))
+            logged.append(float(trainer.callback_metrics[name]))
 
-    trainer = make_trainer(tmp_path, 6, callbacks=[RecordKL()])
-    trainer.fit(make_module(tiny_model_dir, replay_kl=1.0), datamodule=data)
+    make_trainer(folder, steps, callbacks=[Record()]).fit(module, datamodule=data)
+    return logged
+
+
+def test_replay_kl_adds_the_base_models_distribution_on_replay_rows_to_the_loss(tiny_model_dir: Path, tmp_path: Path) -> None:
+    data = replay_datamodule(tiny_model_dir, tmp_path, ratio=1.0)
+    logged = logged_at_each_step("train/replay_kl", make_module(tiny_model_dir, replay_kl=1.0), data, tmp_path)
     assert len(logged) == 6 and all(kl >= 0 for kl in logged)
     assert logged[0] == pytest.approx(0.0, abs=1e-6)  # a fresh adapter is the base model
     assert max(logged) > 0  # once the adapter has moved, replay rows pull it back
@@ -99,17 +104,11 @@ def test_replay_kl_adds_the_base_models_distribution_on_replay_rows_to_the_loss(
 
 def test_target_masked_kl_regularises_the_task_rows_of_a_run_without_replay(tiny_model_dir: Path, tmp_path: Path) -> None:
     data = replay_datamodule(tiny_model_dir, tmp_path, ratio=0.0)
-    logged: list[float] = []
-
-    class RecordKL(L.Callback):
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-            logged.append(float(trainer.callback_metrics["train/target_masked_kl"]))
-
-    trainer = make_trainer(tmp_path, 6, callbacks=[RecordKL()])
-    trainer.fit(make_module(tiny_model_dir, target_masked_kl=1.0), datamodule=data)
+    module = make_module(tiny_model_dir, target_masked_kl=1.0)
+    logged = logged_at_each_step("train/target_masked_kl", module, data, tmp_path)
     assert len(logged) == 6 and all(kl >= 0 for kl in logged)
     assert logged[0] == pytest.approx(0.0, abs=1e-6)  # a fresh adapter is the base model
-    assert max(logged) > 0
+    assert max(logged) > 0  # once the adapter has moved, the task rows' other tokens pull it back
 
 
 def test_the_task_system_turn_marks_task_rows_and_leaves_replay_rows_unmarked(tiny_model_dir: Path, tmp_path: Path) -> None:
