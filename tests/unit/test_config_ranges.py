@@ -18,8 +18,8 @@ from src.training.tutor_module import TutorModule
 MODEL_FREE = {"model_name", "gguf_file", "tokenizer_name", "random_init", "architecture", "architecture_overrides",
               "adapter_path", "lora.target_modules", "lora.use_rslora", "lora.use_dora", "retention.dir", "retention.extra_dirs",
               "gradient_checkpointing", "compile", "evaluate_base", "system_prompt", "chat_template", "packing"}
-DATA_FREE = {"train_file", "val_file", "replay_file", "system_prompt", "task_system_prompt", "chat_template", "packing", "extra_math_files",
-             "grade_from_answers", "cache_dir", "model_name", "gguf_file", "tokenizer_name"}
+DATA_FREE = {"train_file", "val_file", "replay_file", "system_prompt", "task_system_prompt", "chat_template", "packing",
+             "extra_math_files", "grade_from_answers", "cache_dir", "model_name", "gguf_file", "tokenizer_name"}
 
 # key: (accepted values, refused values)
 MODEL_CASES = {
