@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from transformers import PreTrainedTokenizerBase
 
-from src.data.conversation import Message
+from src.data.conversation import Message, with_system_turn
 from src.errors import ConfigurationError
 
 IGNORE_INDEX = -100
@@ -70,9 +70,7 @@ class ChatFormatter:
         self.end_of_turn_ids = end_of_turn_token_ids(tokenizer)
 
     def with_system_prompt(self, messages: list[Message]) -> list[Message]:
-        if self.system_prompt is None or (messages and messages[0]["role"] == "system"):
-            return messages
-        return [{"role": "system", "content": self.system_prompt}, *messages]
+        return with_system_turn(messages, self.system_prompt)
 
     def standalone_template(self) -> str:
         """The chat template with this formatter's system prompt built in, for the saved tokenizer.

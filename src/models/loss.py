@@ -72,7 +72,7 @@ def training_loss(
     terms = {}
     for name, (weight, rows) in wanted.items():
         adapter_side = rows[row_of_position]
-        base_side = rows[row_of_position][in_compared]
+        base_side = adapter_side[in_compared]
         if name == "replay_kl":
             kl = _kl(logits[adapter_side], base[base_side])
         else:
