@@ -17,6 +17,7 @@ from src.data.arithmetic import (
     STEP_KINDS,
     TEMPLATES,
     allocate,
+    carry_borrow_tables,
     evaluate,
     generate,
     main,
@@ -319,6 +320,19 @@ def test_the_times_tables_are_true_facts_in_both_languages():
     assert all(r["expected"] is None and r["kind"] == "table" for r in tables), "facts are trained, never graded"
 
 
+def test_the_step_tables_hold_every_carry_and_borrow_into_the_tens_once():
+    tables = carry_borrow_tables()
+    lines = [line for r in tables for line in answer_of(r).splitlines()]
+    borrows = {f"{a}-{d}={a - d}" for a in range(10, 100) for d in range(1, 10) if a % 10 < d}
+    carries = {f"{a}+{d}={a + d}" for a in range(10, 90) for d in range(1, 10) if a % 10 + d >= 10}
+    assert len(borrows) == 405 and len(carries) == 360
+    assert sorted(lines) == sorted(borrows | carries), "each true fact once, and nothing else"
+    for record in tables:
+        units = {int(line.split("-" if "-" in line else "+")[0]) % 10 for line in answer_of(record).splitlines()}
+        assert len(units) == 1, "a table keeps the units and digit fixed while the tens change"
+    assert all(r["expected"] is None and r["kind"] == "table" for r in tables), "facts are trained, never graded"
+
+
 def test_parse_problem_reads_any_wording_and_sign():
     assert parse_problem("Calcula 5 + 3 x 9") == (5, "+", 3, "*", 9)
     assert parse_problem("What's 84 / 7?") == (84, "/", 7)
@@ -347,6 +361,10 @@ def test_tables_are_added_to_training_only():
     train, val = generate(200, 80, seed=3, tables=True)
     assert sum(r["kind"] == "table" for r in train) == 44
     assert not any(r["kind"] == "table" for r in val)
+    with_steps, _ = generate(200, 80, seed=3, tables=True, step_tables=True)
+    assert sum(r["kind"] == "table" for r in with_steps) == 44 + 90
+    assert sorted(map(json.dumps, train)) == sorted(
+        json.dumps(r) for r in with_steps if r not in carry_borrow_tables()), "the questions stay the same"
 
 
 def test_cli_excludes_a_held_out_file(tmp_path: Path):
