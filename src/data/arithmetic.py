@@ -411,12 +411,17 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="add the times tables of 2 to 12 (× and ÷) to the training data as facts")
     parser.add_argument("--step-tables", action=argparse.BooleanOptionalAction, default=False,
                         help="add every 1-digit step that carries or borrows (`52-7=45`, `47+5=52`) as facts")
+    parser.add_argument("--train-only", action="store_true",
+                        help="write train.jsonl only (the validation split is still drawn first and avoided)")
     args = parser.parse_args(argv)
     exclude = set().union(*(problems_in(path) for path in args.exclude))
     train, val = generate(args.train, args.val, args.seed, args.weights, STEP_KINDS if args.steps else (),
                           exclude=exclude, tables=args.tables, step_tables=args.step_tables)
     args.out.mkdir(parents=True, exist_ok=True)
     write_jsonl(args.out / "train.jsonl", train)
+    if args.train_only:
+        print(f"wrote {len(train)} train items to {args.out} (validation problems drawn and left out)")
+        return
     write_jsonl(args.out / "val.jsonl", val)
     print(f"wrote {len(train)} train and {len(val)} val items to {args.out}")
 

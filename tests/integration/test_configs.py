@@ -42,6 +42,19 @@ def test_print_config_links_the_model_name_into_the_data(config: Path, capsys: p
     assert (ROOT / printed["data"]["train_file"]).is_file()
 
 
+def test_the_large_data_overlay_changes_only_the_training_file(capsys: pytest.CaptureFixture) -> None:
+    printed = {}
+    for extra in ([], ["--config", str(ROOT / "configs/overlays/large_data.yaml")]):
+        with pytest.raises(SystemExit):
+            cli_main(["fit", "--config", str(ROOT / "configs/smollm2.yaml"), *extra, "--print_config"])
+        printed[bool(extra)] = yaml.safe_load(capsys.readouterr().out)
+    default, large = printed[False], printed[True]
+    assert large["data"].pop("train_file") == "data/arithmetic/large/train.jsonl"
+    assert default["data"].pop("train_file") == "data/arithmetic/train.jsonl"
+    assert large == default
+    assert (ROOT / "data/arithmetic/large/train.jsonl").is_file()
+
+
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda c: c.stem)
 def test_a_few_steps_of_each_config_on_a_scaled_down_random_model(config: Path, tmp_path: Path) -> None:
     model = yaml.safe_load(config.read_text(encoding="utf-8"))["model"]

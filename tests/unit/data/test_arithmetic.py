@@ -375,3 +375,41 @@ def test_cli_excludes_a_held_out_file(tmp_path: Path):
     problems = problems_in(held_out)
     assert not problems & problems_in(tmp_path / "b" / "val.jsonl")
     assert not problems & problems_in(tmp_path / "b" / "train.jsonl")
+
+
+ROOT = Path(__file__).resolve().parents[3]
+DATA_README = ROOT / "data" / "arithmetic" / "README.md"
+
+
+def documented_commands() -> list[list[str]]:
+    """The arguments of each `python -m src.data.arithmetic` command in the data folder's README."""
+    block = DATA_README.read_text(encoding="utf-8").split("```bash", 1)[1].split("```", 1)[0]
+    commands = block.replace("\\\n", " ").splitlines()
+    prefix = "python -m src.data.arithmetic "
+    return [c.removeprefix(prefix).split() for c in commands if c.startswith(prefix)]
+
+
+@pytest.mark.parametrize("argv", documented_commands(), ids=lambda argv: argv[argv.index("--out") + 1])
+def test_the_bundled_training_files_are_what_the_documented_commands_write(tmp_path: Path, argv: list[str]):
+    out = argv.index("--out") + 1
+    bundled = ROOT / argv[out]
+    argv = [str(ROOT / a) if a.startswith("data/") else a for a in argv]
+    argv[out] = str(tmp_path)
+    main(argv)
+    written = sorted(p.name for p in tmp_path.iterdir())
+    assert written == (["train.jsonl"] if "--train-only" in argv else ["train.jsonl", "val.jsonl"])
+    for name in written:
+        assert (tmp_path / name).read_bytes() == (bundled / name).read_bytes(), f"{bundled / name} is stale"
+
+
+def training_problems(path: Path) -> set:
+    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    return {parse_problem(question_of(r)) for r in records if r["kind"] != "table"}
+
+
+def test_the_large_training_file_asks_no_held_out_problem():
+    large = training_problems(ROOT / "data" / "arithmetic" / "large" / "train.jsonl")
+    default = training_problems(ROOT / "data" / "arithmetic" / "train.jsonl")
+    for held_out in ("val.jsonl", "independent.jsonl"):
+        assert not large & problems_in(ROOT / "data" / "arithmetic" / held_out)
+    assert len(large) > 1.8 * len(default), "twice the default's rows, mostly new problems"
