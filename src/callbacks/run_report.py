@@ -24,6 +24,7 @@ from src.callbacks.adapter_checkpoint import AdapterCheckpoint
 from src.callbacks.memory_monitor import MemoryMonitor
 from src.callbacks.report_figures import save_held_out_figure
 from src.evaluation.retention_eval import SECONDS_KEY
+from src.evaluation.sample_grading import sample_verdict
 from src.training.contracts import ReportedTutor
 
 DEFAULT_SAMPLE_QUESTIONS = ("¿Cuánto es 12 + 7?", "What is 9 * 8?", "¿Cuánto es 45 - 18?")
@@ -422,7 +423,8 @@ class RunReport(Callback):
             return
         finally:
             pl_module.train(was_training)
-        self.samples = [{"question": q, "answer": a} for q, a in zip(self.sample_questions, replies)]
+        self.samples = [{"question": q, "answer": a, "verdict": sample_verdict(q, a)}
+                        for q, a in zip(self.sample_questions, replies)]
         print("=== SAMPLE ANSWERS FROM THE TUNED TUTOR ===")
         if checkpoint is not None and checkpoint.best_step is not None and checkpoint.best_step != trainer.global_step:
             print(
@@ -430,4 +432,5 @@ class RunReport(Callback):
                 f"the best adapter is from step {checkpoint.best_step}, in {checkpoint.best_path}.)"
             )
         for sample in self.samples:
-            print(f"Q: {sample['question']}\nA: {sample['answer']}\n")
+            verdict = f"\n({sample['verdict']})" if sample["verdict"] else ""
+            print(f"Q: {sample['question']}\nA: {sample['answer']}{verdict}\n")

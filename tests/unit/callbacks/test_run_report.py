@@ -94,10 +94,11 @@ def test_sample_answers_come_from_the_tutor_and_say_which_weights(run: SimpleNam
         [[{"role": "user", "content": "¿Cuánto es 2 + 2?"}], [{"role": "user", "content": "What is 3 * 4?"}]]
     ]
     assert run.report.samples == [
-        {"question": "¿Cuánto es 2 + 2?", "answer": "canned reply 0"},
-        {"question": "What is 3 * 4?", "answer": "canned reply 1"},
+        {"question": "¿Cuánto es 2 + 2?", "answer": "canned reply 0", "verdict": "wrong: no answer line"},
+        {"question": "What is 3 * 4?", "answer": "canned reply 1", "verdict": "wrong: no answer line"},
     ]
-    assert "Q: What is 3 * 4?\nA: canned reply 1" in run.out
+    # Each sample is graded as the held-out sets are, so a wrong answer never reads as right.
+    assert "Q: What is 3 * 4?\nA: canned reply 1\n(wrong: no answer line)" in run.out
     # The best adapter is from step 4 but the module still holds the step-6 weights.
     assert "Answered by the current weights from the last step, 6; the best adapter is from step 4" in run.out
 
