@@ -170,9 +170,14 @@ def times_tables() -> list[Record]:
     for n, op, lang in itertools.product(range(2, 13), ("×", "÷"), LANGS):
         title = TABLE_TITLES[lang][op].format(n=n)
         lines = [f"{n}×{k}={n * k}" if op == "×" else f"{n * k}÷{n}={k}" for k in range(1, 13)]
-        records.append(make_record([{"role": "user", "content": title},
-                                    {"role": "assistant", "content": "\n".join(lines)}], kind="table"))
+        records.append(fact_table(title, lines))
     return records
+
+
+def fact_table(title: str, lines: list[str]) -> Record:
+    """A table of facts as one training row: the title asks, the lines answer; never graded."""
+    return make_record([{"role": "user", "content": title}, {"role": "assistant", "content": "\n".join(lines)}],
+                       kind="table")
 
 
 TABLE_TITLES: dict[str, dict[str, str]] = {
@@ -196,9 +201,7 @@ def carry_borrow_tables() -> list[Record]:
         if units + digit >= 10:
             tables.append(("+", [f"{t + units}+{digit}={t + units + digit}" for t in range(10, 90, 10)]))
         for op, lines in tables:
-            title = STEP_TABLE_TITLES[lang][op].format(units=units, digit=digit)
-            records.append(make_record([{"role": "user", "content": title},
-                                        {"role": "assistant", "content": "\n".join(lines)}], kind="table"))
+            records.append(fact_table(STEP_TABLE_TITLES[lang][op].format(units=units, digit=digit), lines))
     return records
 
 
