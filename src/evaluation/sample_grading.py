@@ -16,14 +16,14 @@ def sample_verdict(question: str, reply: str) -> str | None:
     expressions = EXPRESSION.findall(question)
     if len(expressions) != 1:
         return None
-    answer = extract_answer(reply, strict=True)
-    claim = check_steps(f"{expressions[0]} = {answer if answer is not None else 0}").steps
-    if len(claim) != 1:
-        return None
     slip = check_steps(reply).first_wrong
     slip_text = f"first wrong step {slip.text} (true: {slip.expected})" if slip else ""
+    answer = extract_answer(reply, strict=True)
     if answer is None:
         return "wrong: no answer line" + (f"; {slip_text}" if slip else "")
+    claim = check_steps(f"{expressions[0]} = {answer}").steps
+    if len(claim) != 1:
+        return None
     if claim[0].correct:
         return "right" + (f", but its {slip_text}" if slip else "")
     return f"wrong: {expressions[0]} = {claim[0].expected}" + (f"; {slip_text}" if slip else "")
