@@ -20,7 +20,7 @@ from src.errors import ConfigurationError, MemoryPlanError
 from src.models.loading import load_architecture_config
 from src.sources.tokenizer import resolve_source
 from src.models.memory_plan import GIB, MemoryEstimate, RunShape, estimate_memory
-from src.models.precision import weight_dtype
+from src.models.precision import base_weight_dtype
 from src.models.settings import LoraSettings, OptimizerSettings, settings_of
 from src.evaluation.settings import GenerationSettings
 
@@ -59,7 +59,7 @@ def run_shape(hp: Any, dh: Any, precision: str | int | None, device_type: str) -
     return RunShape(
         batch_size=dh.batch_size,
         max_length=dh.max_length,
-        dtype=weight_dtype(precision),
+        dtype=base_weight_dtype(precision, hp.get("base_weights", "compute")),
         quantization=hp.quantization,
         gradient_checkpointing=hp.gradient_checkpointing,
         optimizer=settings_of(OptimizerSettings, hp["optimizer"]).name,

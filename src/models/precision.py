@@ -80,9 +80,16 @@ def weight_dtype(precision: str | int | None) -> torch.dtype:
     return torch.float32
 
 
-def placement(trainer: Any | None) -> tuple[torch.device, torch.dtype]:
-    """Where a module's weights go and in which dtype: the trainer's device and precision, or fp32 on
-    the CPU for a module used outside a trainer (tools, tests)."""
+def base_weight_dtype(precision: str | int | None, base_weights: str = "compute") -> torch.dtype:
+    """The frozen base weights' dtype: the compute dtype (`weight_dtype`), or float32 when `base_weights`
+    asks for it, the way Lightning's and HF Trainer's mixed precision keep a model: autocast still
+    multiplies in bf16/fp16, while the residual stream, norms and LoRA sums between the products stay float32."""
+    return torch.float32 if base_weights == "float32" else weight_dtype(precision)
+
+
+def placement(trainer: Any | None, base_weights: str = "compute") -> tuple[torch.device, torch.dtype]:
+    """Where a module's weights go and in which dtype: the trainer's device and precision (`base_weight_dtype`),
+    or fp32 on the CPU for a module used outside a trainer (tools, tests)."""
     if trainer is None:
         return torch.device("cpu"), torch.float32
-    return trainer.strategy.root_device, weight_dtype(trainer.precision)
+    return trainer.strategy.root_device, base_weight_dtype(trainer.precision, base_weights)

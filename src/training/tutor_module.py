@@ -6,7 +6,7 @@ the base model's pass is `base_model_pass`, a NaN/Inf goes to the `divergence` p
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -54,6 +54,10 @@ class TutorModule(L.LightningModule):
         replay_kl: weight of KL(base || adapter) on the replay rows (`data.replay_ratio`), added to the loss; 0: off.
         target_masked_kl: weight of KL(base || adapter) over the non-target vocabulary on the task rows, added
             to the loss: a regulariser against forgetting that needs no replay data (arXiv 2605.29498); 0: off.
+        base_weights: dtype of the frozen base weights under mixed precision. `compute` (bf16/fp16): half
+            the memory, and the residual stream, norms and the LoRA sums round to it. `float32`: as Lightning's
+            and HF Trainer's mixed precision run, autocast multiplies in the compute dtype while everything
+            between the products stays float32.
     """
 
     def __init__(
@@ -65,6 +69,7 @@ class TutorModule(L.LightningModule):
         attn_implementation: str | None = None, compile: bool = False, quantization: Quantization | None = None,
         evaluate_base: bool = True, system_prompt: str | None = None, chat_template: str | None = None,
         seed: int = 0, packing: bool = False, replay_kl: float = 0.0, target_masked_kl: float = 0.0,
+        base_weights: Literal["compute", "float32"] = "compute",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -84,7 +89,8 @@ class TutorModule(L.LightningModule):
 
     def configure_model(self) -> None:
         if self.model is None:
-            self.model, self.tokenizer, self.formatter = build_tutor_model(self.hparams, *placement(self._trainer))
+            placed = placement(self._trainer, self.hparams.base_weights)
+            self.model, self.tokenizer, self.formatter = build_tutor_model(self.hparams, *placed)
 
     def setup(self, stage: str) -> None:
         datamodule = self.trainer.datamodule if self._trainer is not None else None

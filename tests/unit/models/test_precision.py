@@ -10,7 +10,9 @@ import pytest
 import torch
 
 import src.models.precision as precision
-from src.models.precision import cpu_flags, cpu_has_fast_bf16, placement, resolve_precision, weight_dtype
+from src.models.precision import (
+    base_weight_dtype, cpu_flags, cpu_has_fast_bf16, placement, resolve_precision, weight_dtype,
+)
 
 AVX2_ONLY = "processor\t: 0\nflags\t\t: fpu sse sse2 avx avx2 fma\n"
 AVX512_BF16 = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni\n"
@@ -102,3 +104,10 @@ def test_a_module_outside_a_trainer_is_placed_in_fp32_on_the_cpu_and_inside_one_
     assert placement(None) == (torch.device("cpu"), torch.float32)
     trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device("meta")), precision="bf16-true")
     assert placement(trainer) == (torch.device("meta"), torch.bfloat16)
+    assert placement(trainer, base_weights="float32") == (torch.device("meta"), torch.float32)
+
+
+@pytest.mark.parametrize("name", ["bf16-mixed", "16-mixed", "32-true", None])
+def test_float32_base_weights_stay_float32_whatever_the_compute_dtype(name: str | None) -> None:
+    assert base_weight_dtype(name, "float32") is torch.float32
+    assert base_weight_dtype(name, "compute") is weight_dtype(name)

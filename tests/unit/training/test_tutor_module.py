@@ -357,3 +357,25 @@ def test_base_weights_take_the_compute_dtype_and_lora_stays_float32(
     after = snapshot(module)
     assert all(not torch.equal(before[n], after[n]) for n in lora_b)  # small fp32 updates are not rounded away
     assert math.isfinite(trainer.callback_metrics["train/loss"].item())
+
+
+def test_float32_base_weights_keep_the_stream_in_float32_while_autocast_multiplies_in_bf16(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    L.seed_everything(0)
+    module = make_module(tiny_model_dir, base_weights="float32")
+    trainer = make_trainer(tmp_path, 2, precision="bf16-mixed")
+    seen: dict[str, torch.dtype] = {}
+
+    class Capture(Callback):
+        def on_train_start(self, trainer: L.Trainer, module: TutorModule) -> None:
+            decoder = module.model.get_base_model().get_decoder()
+            first = decoder.layers[0]
+            first.mlp.down_proj.register_forward_hook(lambda m, i, out: seen.setdefault("product", out.dtype))
+            first.register_forward_hook(lambda m, i, out: seen.setdefault("stream", (out[0] if isinstance(out, tuple) else out).dtype))
+
+    trainer.callbacks.append(Capture())
+    trainer.fit(module, datamodule=make_datamodule(tiny_model_dir, tmp_path))
+    assert {p.dtype for p in module.parameters() if not p.requires_grad} == {torch.float32}
+    assert seen == {"product": torch.bfloat16, "stream": torch.float32}
+    assert math.isfinite(trainer.callback_metrics["train/loss"].item())
