@@ -94,6 +94,20 @@ def test_check_false_only_prints(tiny_model_dir: Path, tmp_path: Path) -> None:
     assert plan.estimate.peak > plan.usable
 
 
+def test_the_plan_counts_the_base_weights_in_the_dtype_they_will_be_loaded_in(tiny_model_dir: Path, tmp_path: Path) -> None:
+    weights = {}
+    for base_weights in ("compute", "float32"):
+        (tmp_path / base_weights).mkdir()
+        plan = MemoryPlan(check=False)
+        module = make_module(tiny_model_dir, evaluate_base=False, base_weights=base_weights)
+        make_trainer(tmp_path / base_weights, 1, [plan], precision="bf16-mixed").fit(
+            module, datamodule=make_datamodule(tiny_model_dir, tmp_path / base_weights))
+        frozen = [p for p in module.parameters() if not p.requires_grad]
+        assert {p.dtype for p in frozen} == {torch.bfloat16 if base_weights == "compute" else torch.float32}
+        weights[base_weights] = plan.estimate.components["weights"]
+    assert weights["float32"] == 2 * weights["compute"]
+
+
 def test_the_changes_a_plan_suggests_each_lower_the_peak() -> None:
     shape = RunShape(batch_size=4, max_length=256, eval_batch_size=8, lora_r=16)
     config = AutoConfig.for_model("llama", vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
