@@ -19,7 +19,7 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 fit: install
 	$(BIN)/python -m src.cli fit --config configs/smollm2.yaml
 
-# Twice the arithmetic data: over 90% on unseen questions, about twice the training time (configs/overlays/large_data.yaml).
+# A third more arithmetic data: ~2 more points on unseen questions, every kind over 80%, more training time (configs/overlays/large_data.yaml).
 fit-large: install
 	$(BIN)/python -m src.cli fit --config configs/smollm2.yaml --config configs/overlays/large_data.yaml
 
