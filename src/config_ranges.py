@@ -19,6 +19,7 @@ from src.errors import ConfigurationError
 from src.models.attention import ATTN_IMPLEMENTATIONS
 from src.models.lora import is_pissa
 from src.models.optimizers import OPTIMIZERS
+from src.models.precision import BASE_WEIGHTS
 from src.models.quantization import QUANTIZATIONS
 
 SEED_MAX = 2**32 - 1  # numpy's and Lightning's seed_everything's limit
@@ -116,6 +117,7 @@ MODEL_RANGES: dict[str, Rule] = {
     "seed": integer(0, SEED_MAX),
     "replay_kl": real(0),
     "target_masked_kl": real(0),
+    "base_weights": choice(BASE_WEIGHTS),
 }
 DATA_RANGES: dict[str, Rule] = {
     "format": choice(FORMATS),

@@ -14,6 +14,8 @@ from typing import Any
 import torch
 
 AUTO = "auto"
+# `model.base_weights`: the frozen weights in the compute dtype, or float32 under mixed precision.
+BASE_WEIGHTS = ("compute", "float32")
 # CPU flags (as /proc/cpuinfo spells them) that make bf16 matrix products fast.
 FAST_BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 CPUINFO = Path("/proc/cpuinfo")

@@ -43,6 +43,7 @@ MODEL_CASES = {
     "seed": ([0, 2**32 - 1], [-1, 2**32]),
     "replay_kl": ([0.0, 0.5, 4], [-0.1]),
     "target_masked_kl": ([0.0, 0.5, 4], [-0.1]),
+    "base_weights": (["compute", "float32"], ["bf16", "fp32"]),
 }
 DATA_CASES = {
     "format": (["auto", "chat"], ["jsonl"]),
