@@ -380,7 +380,6 @@ def test_cli_excludes_a_held_out_file(tmp_path: Path):
     assert not problems & problems_in(tmp_path / "b" / "train.jsonl")
 
 
-
 def documented_commands() -> list[list[str]]:
     """The arguments of each `python -m src.data.arithmetic` command in the data folder's README."""
     block = DATA_README.read_text(encoding="utf-8").split("```bash", 1)[1].split("```", 1)[0]

@@ -367,17 +367,16 @@ def test_float32_base_weights_keep_the_stream_in_float32_while_autocast_multipli
     trainer = make_trainer(tmp_path, 2, precision="bf16-mixed")
     seen: dict[str, torch.dtype] = {}
 
+    def record(name: str) -> Any:
+        def hook(_module: torch.nn.Module, _inputs: Any, out: Any) -> None:  # returns None: the output stays
+            seen.setdefault(name, (out[0] if isinstance(out, tuple) else out).dtype)
+        return hook
+
     class Capture(Callback):
         def on_train_start(self, trainer: L.Trainer, module: TutorModule) -> None:
-            decoder = module.model.get_base_model().get_decoder()
-            first = decoder.layers[0]
-            def record(name: str) -> Any:
-                def hook(_module: torch.nn.Module, _inputs: Any, out: Any) -> None:
-                    seen.setdefault(name, (out[0] if isinstance(out, tuple) else out).dtype)
-                return hook
-
-            first.mlp.down_proj.register_forward_hook(record("product"))
-            first.register_forward_hook(record("stream"))
+            first = module.model.get_base_model().get_decoder().layers[0]
+            first.mlp.down_proj.register_forward_hook(record("product"))  # a LoRA-wrapped matrix product
+            first.register_forward_hook(record("stream"))  # the residual stream leaving the block
 
     trainer.callbacks.append(Capture())
     trainer.fit(module, datamodule=make_datamodule(tiny_model_dir, tmp_path))
