@@ -16,7 +16,7 @@ from typing import Any
 
 from src.data.formats import FORMATS
 from src.errors import ConfigurationError
-from src.models.attention import ATTN_IMPLEMENTATIONS
+from src.models.attention import ATTN_IMPLEMENTATIONS, TRAIN_ATTN_IMPLEMENTATIONS
 from src.models.lora import is_pissa
 from src.models.optimizers import OPTIMIZERS
 from src.models.precision import BASE_WEIGHTS
@@ -103,6 +103,7 @@ MODEL_RANGES: dict[str, Rule] = {
     "lora.layers": integers(0),
     "lora.init": lora_init(),
     "attn_implementation": choice(ATTN_IMPLEMENTATIONS, nullable=True),
+    "train_attn_implementation": choice(TRAIN_ATTN_IMPLEMENTATIONS, nullable=True),
     "quantization": choice(QUANTIZATIONS, nullable=True),
     "optimizer.name": choice(OPTIMIZERS),
     "optimizer.learning_rate": real(0, low_open=True),

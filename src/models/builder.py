@@ -15,7 +15,7 @@ from peft import PeftModel
 from transformers import PreTrainedTokenizerBase
 
 from src.data.chat_format import ChatFormatter
-from src.models.attention import check_attn_implementation
+from src.models.attention import SDPA_MATH, check_attn_implementation
 from src.models.compile import compile_repeated_blocks
 from src.models.loading import check_vocabulary_fits, load_base_model
 from src.models.lora import attach_lora, check_lora_options, count_parameters, keep_trainable_in_float32
@@ -55,6 +55,8 @@ def build_tutor_model(settings: Mapping[str, Any], device: torch.device, dtype: 
     s = settings
     lora, optimizer = settings_of(LoraSettings, s["lora"]), settings_of(OptimizerSettings, s["optimizer"])
     check_attn_implementation(s["attn_implementation"])
+    if s.get("train_attn_implementation") not in ("auto", SDPA_MATH):
+        check_attn_implementation(s.get("train_attn_implementation"), "model.train_attn_implementation")
     check_quantization(s["quantization"], device.type, s["gguf_file"])
     check_optimizer(optimizer.name, device.type, optimizer.loraplus_lr_ratio)
     check_lora_options(lora.init, lora.use_dora, s["quantization"])

@@ -35,6 +35,7 @@ from peft import PeftModel
 from transformers import AttentionInterface, AutoModelForCausalLM, PretrainedConfig
 from transformers.pytorch_utils import Conv1D
 
+from src.models.attention import SDPA_MATH
 from src.models.lora import attach_lora
 
 GIB = 1024**3
@@ -230,7 +231,7 @@ def trace_activations(model: PeftModel, shape: RunShape) -> ActivationTrace:
     try:
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             # No attention mask: a full batch (padding only shortens it), and no data-dependent mask logic on meta.
-            base.get_decoder()(input_ids=ids, use_cache=False)
+            base.get_decoder()(input_ids=ids, use_cache=False, **ready_made_mask(base, shape))
     finally:
         for handle in handles:
             handle.remove()
@@ -247,6 +248,17 @@ def trace_activations(model: PeftModel, shape: RunShape) -> ActivationTrace:
     )
 
 
+def ready_made_mask(base: torch.nn.Module, shape: RunShape) -> dict[str, torch.Tensor]:
+    """For eager attention, the (B, 1, T, T) additive mask it will build: transformers' mask builder looks for
+    packed rows in the position ids with a data-dependent check that a meta tensor cannot answer."""
+    if shape.attn_implementation != "eager":
+        return {}
+    dtype = next(base.parameters()).dtype
+    dtype = dtype if dtype.is_floating_point else torch.float32
+    mask = torch.zeros(shape.batch_size, 1, shape.max_length, shape.max_length, dtype=dtype, device="meta")
+    return {"attention_mask": mask}
+
+
 def _nbytes(tensor: torch.Tensor) -> int:
     return tensor.numel() * tensor.element_size()
 
@@ -255,6 +267,8 @@ def trace_attention(config: PretrainedConfig, shape: RunShape) -> str:
     """How attention keeps its state for backward on this run's device."""
     if shape.attn_implementation == "eager":
         return "eager"  # the full (B, heads, T, T) probabilities
+    if shape.attn_implementation == SDPA_MATH:
+        return TRACE_MATH_ATTENTION
     text = config.get_text_config()
     dropout = getattr(text, "attention_dropout", None) or getattr(text, "attn_pdrop", 0.0) or 0.0
     if shape.device_type == "cpu" and dropout > 0:

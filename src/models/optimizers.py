@@ -58,6 +58,17 @@ def check_optimizer(name: str, device_type: str, loraplus_lr_ratio: float | None
         check_bitsandbytes("model.optimizer.name", name, device_type, "model.optimizer.name: adamw")
 
 
+def check_fused_clipping(name: str, precision: str | int | None, gradient_clip_val: float | None) -> None:
+    """Raise one ConfigurationError where Lightning would stop the first step: under mixed precision it refuses
+    to clip the gradients of an optimizer that unscales them itself, as fused AdamW does."""
+    if name == "adamw_fused" and str(precision).endswith("-mixed") and gradient_clip_val:
+        raise ConfigurationError(
+            f"model.optimizer.name: adamw_fused with trainer.precision={precision} and trainer.gradient_clip_val="
+            f"{gradient_clip_val}: Lightning does not clip the gradients of a fused optimizer under mixed precision. "
+            "Set model.optimizer.name: adamw, or trainer.gradient_clip_val: null."
+        )
+
+
 def build_optimizer(
     name: str,
     params: Iterable[torch.nn.Parameter],

@@ -15,9 +15,10 @@ from src.evaluation.answers import Answerer
 from src.evaluation.math_evaluator import LOSS_LOADER, MathEvaluator
 from src.evaluation.retention_eval import RetentionSets
 from src.evaluation.settings import GenerationSettings, RetentionSettings
+from src.models.attention import attention_kernel, training_attention
 from src.models.builder import build_tutor_model
 from src.models.loss import causal_lm_loss, training_loss
-from src.models.optimizers import optimizer_config
+from src.models.optimizers import check_fused_clipping, optimizer_config
 from src.models.precision import placement
 from src.models.quantization import Quantization
 from src.models.settings import LoraSettings, OptimizerSettings, settings_of
@@ -47,6 +48,9 @@ class TutorModule(L.LightningModule):
         retention: the general-ability measurement (`model.retention.*`); off without a set.
         gradient_checkpointing: recompute activations in backward to save memory (slower).
         attn_implementation: "sdpa", "eager" or "flash_attention_2" (CUDA + flash-attn); None: transformers' default.
+        train_attn_implementation: the kernel for training steps only (generation keeps `attn_implementation`):
+            one of those, or `sdpa_math` (SDPA on torch's math backend); `auto`: `sdpa_math` in bf16 on the CPU,
+            where torch's flash-attention backward is slow; None: the same kernel.
         compile: `torch.compile` each decoder block in place (pays off on GPU after the first steps).
         quantization: "nf4" or "int8" frozen base weights through bitsandbytes (QLoRA); None keeps the trainer's dtype.
         evaluate_base: measure the untouched base model on the math items before training.
@@ -66,10 +70,10 @@ class TutorModule(L.LightningModule):
         adapter_path: str | None = None, lora: LoraSettings = LoraSettings(),
         optimizer: OptimizerSettings = OptimizerSettings(), generation: GenerationSettings = GenerationSettings(),
         retention: RetentionSettings = RetentionSettings(), gradient_checkpointing: bool = False,
-        attn_implementation: str | None = None, compile: bool = False, quantization: Quantization | None = None,
-        evaluate_base: bool = True, system_prompt: str | None = None, chat_template: str | None = None,
-        seed: int = 0, packing: bool = False, replay_kl: float = 0.0, target_masked_kl: float = 0.0,
-        base_weights: Literal["compute", "float32"] = "compute",
+        attn_implementation: str | None = None, train_attn_implementation: str | None = None, compile: bool = False,
+        quantization: Quantization | None = None, evaluate_base: bool = True, system_prompt: str | None = None,
+        chat_template: str | None = None, seed: int = 0, packing: bool = False, replay_kl: float = 0.0,
+        target_masked_kl: float = 0.0, base_weights: Literal["compute", "float32"] = "compute",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -77,6 +81,7 @@ class TutorModule(L.LightningModule):
         self.generation = settings_of(GenerationSettings, generation)
         self.strict_loading = False  # checkpoints hold only the trainable LoRA weights (see on_save_checkpoint)
         self.model = self.tokenizer = self.formatter = None
+        self.train_attention: str | None = None
         self.evaluator = MathEvaluator(self.generation.wrong_answers_logged)
         self.retention = RetentionSets.from_settings(settings_of(RetentionSettings, retention), seed)
         self.base_math_metrics: dict[str, float] | None = None
@@ -91,14 +96,19 @@ class TutorModule(L.LightningModule):
         if self.model is None:
             placed = placement(self._trainer, self.hparams.base_weights)
             self.model, self.tokenizer, self.formatter = build_tutor_model(self.hparams, *placed)
+            loaded = self.model.get_base_model().config._attn_implementation
+            requested = self.hparams.train_attn_implementation
+            precision = self._trainer.precision if self._trainer is not None else None
+            self.train_attention = training_attention(requested, loaded, placed[0].type, precision)
 
     def setup(self, stage: str) -> None:
         datamodule = self.trainer.datamodule if self._trainer is not None else None
         self.evaluator.configure_for(datamodule, self.generation.max_new_tokens)
 
     def configure_optimizers(self) -> dict[str, Any]:
-        mix_in_replay(self)  # the one hook with the model built and no training loader yet
         settings = settings_of(OptimizerSettings, self.hparams.optimizer)
+        check_fused_clipping(settings.name, self.trainer.precision, self.trainer.gradient_clip_val)
+        mix_in_replay(self)  # the one hook with the model built and no training loader yet
         return optimizer_config(self.model, settings, int(self.trainer.estimated_stepping_batches))
 
     def on_train_start(self) -> None:
@@ -107,7 +117,8 @@ class TutorModule(L.LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
         self.progress.start_batch()  # the batch is on the device already; its time runs to on_train_batch_end
-        loss, regularisers = training_loss(self.model, batch, self.hparams.replay_kl, self.hparams.target_masked_kl)
+        with attention_kernel(self.model, self.train_attention):
+            loss, regularisers = training_loss(self.model, batch, self.hparams.replay_kl, self.hparams.target_masked_kl)
         if self.divergence.skips_loss(loss, self.global_step, self.hparams.optimizer["learning_rate"]):
             return None  # Lightning skips backward and the optimizer step for this batch
         # Counted here: callbacks' on_train_batch_end (ModelCheckpoint) runs before the module's.

@@ -1,5 +1,6 @@
-"""model.attn_implementation: unknown or unavailable kernels are refused by name before loading, and the
-kernels that load give the same loss on padded and packed batches."""
+"""model.attn_implementation: unknown or unavailable kernels are refused by name before loading, the
+kernels that load give the same loss on padded and packed batches, and training steps may run another
+kernel than generation (`model.train_attn_implementation`)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import torch
 
 from src.data.collate import TrainCollator, packing_collator
 from src.errors import ConfigurationError
-from src.models.attention import check_attn_implementation
+from src.models.attention import attention_kernel, check_attn_implementation, training_attention
 from src.models.loading import load_base_model
 from src.models.loss import causal_lm_loss
 from test_packing import PAD, examples, with_lora
@@ -41,6 +42,77 @@ def test_flash_attention_without_the_package_is_refused(monkeypatch: pytest.Monk
     )
     with pytest.raises(ConfigurationError, match="needs the flash-attn package.*pip install flash-attn"):
         check_attn_implementation("flash_attention_2")
+
+
+def test_the_training_key_is_named_in_its_refusal() -> None:
+    with pytest.raises(ConfigurationError, match=r"model\.train_attn_implementation='flash'"):
+        check_attn_implementation("flash", "model.train_attn_implementation")
+
+
+@pytest.mark.parametrize(
+    ("requested", "device", "precision", "expected"),
+    [
+        (None, "cpu", "bf16-mixed", "sdpa"),  # unset: the loaded kernel for every phase
+        ("eager", "cuda", "bf16-mixed", "eager"),  # named: that kernel, wherever
+        ("auto", "cpu", "bf16-mixed", "sdpa_math"),  # the CPU's flash kernel is slow in bf16
+        ("auto", "cpu", "bf16-true", "sdpa_math"),
+        ("auto", "cpu", "32-true", "sdpa"),  # in float32 the flash kernel is the faster
+        ("auto", "cuda", "bf16-mixed", "sdpa"),
+    ],
+)
+def test_the_training_kernel_follows_the_request_or_the_device_and_precision(
+    requested: str | None, device: str, precision: str, expected: str
+) -> None:
+    assert training_attention(requested, "sdpa", device, precision) == expected
+
+
+def test_auto_keeps_a_kernel_other_than_sdpa() -> None:
+    assert training_attention("auto", "eager", "cpu", "bf16-mixed") == "eager"
+
+
+def kernels_used(model) -> list[tuple[str, bool]]:
+    """Each forward's (transformers kernel, whether torch may take its flash SDPA backend), from the first layer."""
+    used: list[tuple[str, bool]] = []
+    attention = model.get_base_model().model.layers[0].self_attn
+    attention.register_forward_pre_hook(
+        lambda module, args: used.append((module.config._attn_implementation, torch.backends.cuda.flash_sdp_enabled()))
+    )
+    return used
+
+
+@pytest.mark.parametrize(("name", "inside"), [("eager", ("eager", True)), ("sdpa_math", ("sdpa", False))])
+def test_attention_kernel_switches_for_the_block_and_restores_even_after_an_error(
+    tiny_model_dir: Path, name: str, inside: tuple[str, bool]
+) -> None:
+    model = loaded(tiny_model_dir, "sdpa")
+    used = kernels_used(model)
+    batch = TrainCollator(PAD)(examples())
+    with pytest.raises(RuntimeError, match="stopped"), attention_kernel(model, name):
+        causal_lm_loss(model, batch)
+        raise RuntimeError("stopped")
+    causal_lm_loss(model, batch)
+    assert used == [inside, ("sdpa", True)]
+    assert model.get_base_model().config._attn_implementation == "sdpa"
+
+
+def test_the_math_backend_gives_the_flash_kernels_loss_and_gradients(tiny_model_dir: Path) -> None:
+    torch.manual_seed(0)
+    model = loaded(tiny_model_dir, "sdpa")
+    batch = TrainCollator(PAD)(examples())
+
+    def loss_and_gradients(name: str) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        model.zero_grad()
+        with attention_kernel(model, name):
+            loss = causal_lm_loss(model, batch)
+        loss.backward()  # outside the block, as Lightning runs it
+        return loss.detach(), [p.grad.clone() for p in model.parameters() if p.requires_grad]
+
+    flash_loss, flash_grads = loss_and_gradients("sdpa")
+    math_loss, math_grads = loss_and_gradients("sdpa_math")
+    assert flash_loss.item() > 0.1
+    torch.testing.assert_close(math_loss, flash_loss, rtol=0, atol=1e-5)
+    for math_grad, flash_grad in zip(math_grads, flash_grads, strict=True):
+        torch.testing.assert_close(math_grad, flash_grad, rtol=1e-4, atol=1e-6)
 
 
 def loaded(model_dir: Path, attn: str | None):

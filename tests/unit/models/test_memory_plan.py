@@ -4,6 +4,7 @@ models land within 15% of the measured tensor peaks, with and without gradient c
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -35,7 +36,10 @@ def architecture(name: str, vocab: int = 256):
 def measured_training_peak(name: str, shape: RunShape, vocab: int) -> int:
     """Tensor peak of the second step (the first creates the optimizer state) of a real CPU LoRA step."""
     path, overrides = architecture(name, vocab)
-    base = load_base_model("unused", random_init=True, architecture=path, architecture_overrides=overrides)
+    base = load_base_model(
+        "unused", random_init=True, architecture=path, architecture_overrides=overrides,
+        attn_implementation=shape.attn_implementation,
+    )
     if shape.gradient_checkpointing:
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model = attach_lora(base, shape.lora_r, shape.lora_alpha, 0.0, "all-linear")
@@ -64,6 +68,17 @@ def test_training_peak_is_within_15_percent_of_the_measured_one(name: str, check
     path, overrides = architecture(name)
     estimate = estimate_memory(load_architecture_config("unused", path, overrides), shape)
     measured = measured_training_peak(name, shape, vocab=256)
+    assert abs(estimate.training / measured - 1) <= TOLERANCE, (estimate.components, measured)
+
+
+def test_eager_attention_is_planned_with_the_probabilities_it_keeps() -> None:
+    shape = RunShape(batch_size=2, max_length=256, lora_r=8, lora_alpha=16, attn_implementation="eager", device_type="cpu")
+    path, overrides = architecture("llama-3.2-1b")
+    config = load_architecture_config("unused", path, overrides)
+    estimate = estimate_memory(config, shape)
+    sdpa = estimate_memory(config, dataclasses.replace(shape, attn_implementation="sdpa"))
+    assert estimate.components["activations"] > sdpa.components["activations"]
+    measured = measured_training_peak("llama-3.2-1b", shape, vocab=256)
     assert abs(estimate.training / measured - 1) <= TOLERANCE, (estimate.components, measured)
 
 

@@ -8,7 +8,7 @@ import torch
 
 import src.models.optimizers as optimizers
 from src.errors import ConfigurationError
-from src.models.optimizers import OPTIMIZERS, build_optimizer, check_optimizer
+from src.models.optimizers import OPTIMIZERS, build_optimizer, check_fused_clipping, check_optimizer
 
 # bitsandbytes keeps 32-bit state for tensors under 4,096 elements; this one is 8-bit.
 SHAPE = (64, 64)
@@ -68,6 +68,23 @@ def test_fused_adamw_is_refused_where_torch_has_no_kernel(monkeypatch: pytest.Mo
         f"model.optimizer.name: adamw_fused: torch {torch.__version__} has no fused AdamW kernel for cpu parameters "
         "(it has for cuda). Set model.optimizer.name: adamw."
     )
+
+
+def test_fused_adamw_with_clipping_under_mixed_precision_is_refused_with_both_ways_out() -> None:
+    with pytest.raises(ConfigurationError) as error:
+        check_fused_clipping("adamw_fused", "bf16-mixed", 1.0)
+    assert str(error.value) == (
+        "model.optimizer.name: adamw_fused with trainer.precision=bf16-mixed and trainer.gradient_clip_val=1.0: "
+        "Lightning does not clip the gradients of a fused optimizer under mixed precision. "
+        "Set model.optimizer.name: adamw, or trainer.gradient_clip_val: null."
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "precision", "clip"), [("adamw", "bf16-mixed", 1.0), ("adamw_fused", "32-true", 1.0), ("adamw_fused", "16-mixed", None)]
+)
+def test_fused_adamw_is_accepted_without_clipping_or_mixed_precision(name: str, precision: str, clip: float | None) -> None:
+    check_fused_clipping(name, precision, clip)
 
 
 def test_8bit_optimizers_without_bitsandbytes_say_what_to_use_instead(monkeypatch: pytest.MonkeyPatch) -> None:

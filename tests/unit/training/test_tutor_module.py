@@ -22,6 +22,7 @@ import src.training.tutor_module as tutor_module
 from conftest import arithmetic_rows, write_jsonl
 from src.callbacks.adapter_checkpoint import AdapterCheckpoint
 from src.data.datamodule import TutorDataModule
+from src.errors import ConfigurationError
 from src.training.divergence import NonFiniteTrainingError
 from src.training.tutor_module import TutorModule
 
@@ -383,3 +384,12 @@ def test_float32_base_weights_keep_the_stream_in_float32_while_autocast_multipli
     assert {p.dtype for p in module.parameters() if not p.requires_grad} == {torch.float32}
     assert seen == {"product": torch.bfloat16, "stream": torch.float32}
     assert math.isfinite(trainer.callback_metrics["train/loss"].item())
+
+
+def test_fused_adamw_with_clipping_under_bf16_stops_before_the_first_step(tiny_model_dir: Path, tmp_path: Path) -> None:
+    # Lightning itself would stop at the first step's clipping, with a RuntimeError about unscaling.
+    module = make_module(tiny_model_dir, optimizer={"name": "adamw_fused"}, evaluate_base=False)
+    trainer = make_trainer(tmp_path, 2, precision="bf16-mixed", gradient_clip_val=1.0)
+    with pytest.raises(ConfigurationError, match="adamw_fused with trainer.precision=bf16-mixed"):
+        trainer.fit(module, datamodule=make_datamodule(tiny_model_dir, tmp_path))
+    assert module.global_step == 0

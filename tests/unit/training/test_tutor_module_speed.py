@@ -1,5 +1,6 @@
 """TutorModule's speed switches under a real Trainer: packed training takes the padded run's steps with the
-same losses and counts the same real tokens and examples; compile and the attention kernel reach the model."""
+same losses and counts the same real tokens and examples; compile and the attention kernel reach the model,
+and training steps run their own kernel while generation keeps the loaded one."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from conftest import arithmetic_rows, write_jsonl
 from src.data.datamodule import TutorDataModule
 from src.errors import ConfigurationError
 from src.training.tutor_module import TutorModule
-from test_tutor_module import make_module, make_trainer, spy_on_logged
+from test_tutor_module import make_datamodule, make_module, make_trainer, spy_on_logged
 
 BATCH_SIZE = 4
 
@@ -73,3 +74,30 @@ def test_attention_kernel_reaches_the_model_and_bad_ones_stop_before_loading(tin
     assert module.model.get_base_model().config._attn_implementation == "eager"
     with pytest.raises(ConfigurationError, match="model.attn_implementation='flash'"):
         make_module(tiny_model_dir, attn_implementation="flash").configure_model()
+
+
+class AttentionKernelLog(L.Callback):
+    """Which kernel the first layer's attention ran with (transformers' kernel, whether torch's flash SDPA
+    backend was allowed), by phase: training steps or evaluation."""
+
+    def __init__(self) -> None:
+        self.used: dict[str, set[tuple[str, bool]]] = {"train": set(), "eval": set()}
+
+    def on_fit_start(self, trainer: L.Trainer, module: TutorModule) -> None:
+        attention = module.model.get_base_model().model.layers[0].self_attn
+        attention.register_forward_pre_hook(self.record)
+
+    def record(self, attention: torch.nn.Module, args: tuple) -> None:
+        kernel = (attention.config._attn_implementation, torch.backends.cuda.flash_sdp_enabled())
+        self.used["train" if attention.training else "eval"].add(kernel)
+
+
+def test_training_steps_run_the_training_kernel_and_validation_the_loaded_one(tiny_model_dir: Path, tmp_path: Path) -> None:
+    module = make_module(tiny_model_dir, attn_implementation="sdpa", train_attn_implementation="auto", evaluate_base=False)
+    log = AttentionKernelLog()
+    trainer = make_trainer(tmp_path, -1, [log], max_epochs=1, limit_train_batches=2, precision="bf16-mixed")
+    trainer.fit(module, datamodule=make_datamodule(tiny_model_dir, tmp_path))
+    assert module.train_attention == "sdpa_math"  # auto, in bf16 on the CPU
+    # Training on the math backend; validation's loss and generated answers on the flash kernel.
+    assert log.used == {"train": {("sdpa", False)}, "eval": {("sdpa", True)}}
+    assert module.model.get_base_model().config._attn_implementation == "sdpa"
