@@ -17,7 +17,6 @@ from lightning.pytorch.utilities import rank_zero_info
 from transformers import AutoConfig, PretrainedConfig
 
 from src.errors import ConfigurationError, MemoryPlanError
-from src.models.attention import training_attention
 from src.models.loading import load_architecture_config
 from src.sources.tokenizer import resolve_source
 from src.models.memory_plan import GIB, MemoryEstimate, RunShape, estimate_memory
@@ -70,9 +69,7 @@ def run_shape(hp: Any, dh: Any, precision: str | int | None, device_type: str) -
         target_modules=lora.target_modules,
         lora_layers=lora.layers,
         # Activations are kept by training steps, so the plan counts their kernel.
-        attn_implementation=training_attention(
-            hp.get("train_attn_implementation"), hp.attn_implementation, device_type, precision
-        ),
+        attn_implementation=hp.get("train_attn_implementation") or hp.attn_implementation,
         eval_batch_size=dh.eval_batch_size,
         max_new_tokens=settings_of(GenerationSettings, hp["generation"]).max_new_tokens,
         device_type=device_type,

@@ -12,9 +12,9 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from src.errors import ConfigurationError
 
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
-# Training steps may also run SDPA on torch's math backend alone, or let the device and precision choose.
+# Training steps may also run SDPA on torch's math backend alone (`model.train_attn_implementation`).
 SDPA_MATH = "sdpa_math"
-TRAIN_ATTN_IMPLEMENTATIONS = (*ATTN_IMPLEMENTATIONS, SDPA_MATH, "auto")
+TRAIN_ATTN_IMPLEMENTATIONS = (*ATTN_IMPLEMENTATIONS, SDPA_MATH)
 
 
 def check_attn_implementation(name: str | None, key: str = "model.attn_implementation") -> None:
@@ -43,30 +43,14 @@ def check_attn_implementation(name: str | None, key: str = "model.attn_implement
             )
 
 
-def training_attention(
-    requested: str | None, loaded: str | None, device_type: str, precision: str | int | None
-) -> str | None:
-    """The attention kernel for training steps: `requested`, or with None the one the model was loaded with.
-
-    `auto` picks `sdpa_math` (SDPA on torch's math backend) for an SDPA model in bf16 on the CPU, else the
-    loaded kernel. Measured on an AVX512-BF16 CPU (torch 2.13, 4 rows of 56 tokens, SmolLM2's heads): torch's
-    CPU flash-attention forward and backward take 4.3 ms a layer in bf16, the math backend 2.1 ms with the
-    same error against float64 (it computes in float32), eager 1.4 ms with twice that error (bf16 scores); in
-    float32 the flash kernel is the fastest. See docs/results/2026-12-07-training-attention.md.
-    """
-    if requested is None:
-        return loaded
-    if requested != "auto":
-        return requested
-    return SDPA_MATH if device_type == "cpu" and str(precision).startswith("bf16") and loaded == "sdpa" else loaded
-
-
 @contextmanager
 def attention_kernel(model: torch.nn.Module, name: str | None) -> Iterator[None]:
-    """Run the block's forwards with `name` as `model`'s attention kernel, then restore the one it had.
+    """Run the block's forwards with `name` as `model`'s attention kernel (None: the one it has), then restore it.
 
     transformers reads the kernel from the config at every forward and torch its SDPA backends from a
     context, so training can use one kernel and generation another; backward follows what forward recorded.
+    In bf16 on a CPU with AVX512-BF16, a SmolLM2-135M training step took 474 ms with SDPA's flash kernel,
+    456 ms on its math backend and 423 ms with eager (docs/results/2026-12-07-training-attention.md).
     """
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     loaded = base.config._attn_implementation

@@ -55,7 +55,7 @@ def build_tutor_model(settings: Mapping[str, Any], device: torch.device, dtype: 
     s = settings
     lora, optimizer = settings_of(LoraSettings, s["lora"]), settings_of(OptimizerSettings, s["optimizer"])
     check_attn_implementation(s["attn_implementation"])
-    if s.get("train_attn_implementation") not in ("auto", SDPA_MATH):
+    if s.get("train_attn_implementation") != SDPA_MATH:
         check_attn_implementation(s.get("train_attn_implementation"), "model.train_attn_implementation")
     check_quantization(s["quantization"], device.type, s["gguf_file"])
     check_optimizer(optimizer.name, device.type, optimizer.loraplus_lr_ratio)

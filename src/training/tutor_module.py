@@ -15,7 +15,7 @@ from src.evaluation.answers import Answerer
 from src.evaluation.math_evaluator import LOSS_LOADER, MathEvaluator
 from src.evaluation.retention_eval import RetentionSets
 from src.evaluation.settings import GenerationSettings, RetentionSettings
-from src.models.attention import attention_kernel, training_attention
+from src.models.attention import attention_kernel
 from src.models.builder import build_tutor_model
 from src.models.loss import causal_lm_loss, training_loss
 from src.models.optimizers import check_fused_clipping, optimizer_config
@@ -49,8 +49,7 @@ class TutorModule(L.LightningModule):
         gradient_checkpointing: recompute activations in backward to save memory (slower).
         attn_implementation: "sdpa", "eager" or "flash_attention_2" (CUDA + flash-attn); None: transformers' default.
         train_attn_implementation: the kernel for training steps only (generation keeps `attn_implementation`):
-            one of those, or `sdpa_math` (SDPA on torch's math backend); `auto`: `sdpa_math` in bf16 on the CPU,
-            where torch's flash-attention backward is slow; None: the same kernel.
+            one of those, or `sdpa_math` (SDPA on torch's math backend); None: the same kernel.
         compile: `torch.compile` each decoder block in place (pays off on GPU after the first steps).
         quantization: "nf4" or "int8" frozen base weights through bitsandbytes (QLoRA); None keeps the trainer's dtype.
         evaluate_base: measure the untouched base model on the math items before training.
@@ -81,7 +80,6 @@ class TutorModule(L.LightningModule):
         self.generation = settings_of(GenerationSettings, generation)
         self.strict_loading = False  # checkpoints hold only the trainable LoRA weights (see on_save_checkpoint)
         self.model = self.tokenizer = self.formatter = None
-        self.train_attention: str | None = None
         self.evaluator = MathEvaluator(self.generation.wrong_answers_logged)
         self.retention = RetentionSets.from_settings(settings_of(RetentionSettings, retention), seed)
         self.base_math_metrics: dict[str, float] | None = None
@@ -96,10 +94,6 @@ class TutorModule(L.LightningModule):
         if self.model is None:
             placed = placement(self._trainer, self.hparams.base_weights)
             self.model, self.tokenizer, self.formatter = build_tutor_model(self.hparams, *placed)
-            loaded = self.model.get_base_model().config._attn_implementation
-            requested = self.hparams.train_attn_implementation
-            precision = self._trainer.precision if self._trainer is not None else None
-            self.train_attention = training_attention(requested, loaded, placed[0].type, precision)
 
     def setup(self, stage: str) -> None:
         datamodule = self.trainer.datamodule if self._trainer is not None else None
@@ -117,7 +111,7 @@ class TutorModule(L.LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
         self.progress.start_batch()  # the batch is on the device already; its time runs to on_train_batch_end
-        with attention_kernel(self.model, self.train_attention):
+        with attention_kernel(self.model, self.hparams.train_attn_implementation):
             loss, regularisers = training_loss(self.model, batch, self.hparams.replay_kl, self.hparams.target_masked_kl)
         if self.divergence.skips_loss(loss, self.global_step, self.hparams.optimizer["learning_rate"]):
             return None  # Lightning skips backward and the optimizer step for this batch

@@ -29,7 +29,7 @@ MODEL_CASES = {
     "lora.layers": ([None, [0, 3]], [[-1], [1, 1], [0.5]]),
     "lora.init": ([True, "gaussian", "pissa", "pissa_niter_4"], [False, "olora", "pissa_niter_x"]),
     "attn_implementation": ([None, "sdpa", "eager"], ["flash", ""]),
-    "train_attn_implementation": ([None, "auto", "eager"], ["fast", ""]),
+    "train_attn_implementation": ([None, "sdpa_math", "eager"], ["auto", ""]),
     "quantization": ([None, "nf4", "int8"], ["fp4"]),
     "optimizer.name": (["adamw", "paged_adamw_8bit"], ["sgd"]),
     "optimizer.learning_rate": ([1e-3], [0, -1e-3, float("inf")]),

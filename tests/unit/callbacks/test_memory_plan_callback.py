@@ -143,3 +143,16 @@ def test_on_cuda_the_plan_is_within_15_percent_of_the_allocators_peak(tiny_model
     trainer.fit(make_module(tiny_model_dir, evaluate_base=False), datamodule=make_datamodule(tiny_model_dir, tmp_path))
     assert "free on" in repr(available_bytes(torch.device("cuda", 0)))
     assert abs(plan.estimate.training / torch.cuda.max_memory_allocated() - 1) <= 0.15
+
+
+def test_the_plan_counts_the_attention_kernel_training_steps_run(tiny_model_dir: Path, tmp_path: Path) -> None:
+    activations = {}
+    for kernel in (None, "eager"):
+        folder = tmp_path / str(kernel)
+        folder.mkdir()
+        plan = MemoryPlan(check=False)
+        module = make_module(tiny_model_dir, evaluate_base=False, attn_implementation="sdpa",
+                             train_attn_implementation=kernel)
+        make_trainer(folder, 1, [plan]).fit(module, datamodule=make_datamodule(tiny_model_dir, folder))
+        activations[kernel] = plan.estimate.components["activations"]
+    assert activations["eager"] > activations[None]  # eager keeps its (B, heads, T, T) probabilities for backward

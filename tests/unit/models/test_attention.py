@@ -12,7 +12,7 @@ import torch
 
 from src.data.collate import TrainCollator, packing_collator
 from src.errors import ConfigurationError
-from src.models.attention import attention_kernel, check_attn_implementation, training_attention
+from src.models.attention import attention_kernel, check_attn_implementation
 from src.models.loading import load_base_model
 from src.models.loss import causal_lm_loss
 from test_packing import PAD, examples, with_lora
@@ -49,27 +49,6 @@ def test_the_training_key_is_named_in_its_refusal() -> None:
         check_attn_implementation("flash", "model.train_attn_implementation")
 
 
-@pytest.mark.parametrize(
-    ("requested", "device", "precision", "expected"),
-    [
-        (None, "cpu", "bf16-mixed", "sdpa"),  # unset: the loaded kernel for every phase
-        ("eager", "cuda", "bf16-mixed", "eager"),  # named: that kernel, wherever
-        ("auto", "cpu", "bf16-mixed", "sdpa_math"),  # the CPU's flash kernel is slow in bf16
-        ("auto", "cpu", "bf16-true", "sdpa_math"),
-        ("auto", "cpu", "32-true", "sdpa"),  # in float32 the flash kernel is the faster
-        ("auto", "cuda", "bf16-mixed", "sdpa"),
-    ],
-)
-def test_the_training_kernel_follows_the_request_or_the_device_and_precision(
-    requested: str | None, device: str, precision: str, expected: str
-) -> None:
-    assert training_attention(requested, "sdpa", device, precision) == expected
-
-
-def test_auto_keeps_a_kernel_other_than_sdpa() -> None:
-    assert training_attention("auto", "eager", "cpu", "bf16-mixed") == "eager"
-
-
 def kernels_used(model) -> list[tuple[str, bool]]:
     """Each forward's (transformers kernel, whether torch may take its flash SDPA backend), from the first layer."""
     used: list[tuple[str, bool]] = []
@@ -80,9 +59,11 @@ def kernels_used(model) -> list[tuple[str, bool]]:
     return used
 
 
-@pytest.mark.parametrize(("name", "inside"), [("eager", ("eager", True)), ("sdpa_math", ("sdpa", False))])
+@pytest.mark.parametrize(
+    ("name", "inside"), [("eager", ("eager", True)), ("sdpa_math", ("sdpa", False)), (None, ("sdpa", True))]
+)
 def test_attention_kernel_switches_for_the_block_and_restores_even_after_an_error(
-    tiny_model_dir: Path, name: str, inside: tuple[str, bool]
+    tiny_model_dir: Path, name: str | None, inside: tuple[str, bool]
 ) -> None:
     model = loaded(tiny_model_dir, "sdpa")
     used = kernels_used(model)

@@ -93,11 +93,11 @@ class AttentionKernelLog(L.Callback):
 
 
 def test_training_steps_run_the_training_kernel_and_validation_the_loaded_one(tiny_model_dir: Path, tmp_path: Path) -> None:
-    module = make_module(tiny_model_dir, attn_implementation="sdpa", train_attn_implementation="auto", evaluate_base=False)
+    module = make_module(tiny_model_dir, attn_implementation="sdpa", train_attn_implementation="sdpa_math",
+                         evaluate_base=False)
     log = AttentionKernelLog()
     trainer = make_trainer(tmp_path, -1, [log], max_epochs=1, limit_train_batches=2, precision="bf16-mixed")
     trainer.fit(module, datamodule=make_datamodule(tiny_model_dir, tmp_path))
-    assert module.train_attention == "sdpa_math"  # auto, in bf16 on the CPU
-    # Training on the math backend; validation's loss and generated answers on the flash kernel.
+    # Training on SDPA's math backend; validation's loss and generated answers on its flash kernel.
     assert log.used == {"train": {("sdpa", False)}, "eval": {("sdpa", True)}}
     assert module.model.get_base_model().config._attn_implementation == "sdpa"
