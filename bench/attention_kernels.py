@@ -1,6 +1,8 @@
-"""Attention kernels for training steps: one attention layer's forward and backward under each kernel.
+"""Attention kernels for training steps: one attention layer's forward and backward under each kernel,
+then a whole model's LoRA training step.
 
-    python -m bench.attention_kernels --architecture configs/architectures/smollm2-135m.json --lengths 56,144,512
+    python -m bench.attention_kernels --architecture configs/architectures/smollm2-135m.json --lengths 56,144,512 \
+        --step_model offline:SmolLM2-135M-Instruct
 
 A one-layer random model of the architecture (its MLP shrunk to almost nothing, so the time is the
 attention's), fed random rows of `--batch` x length embeddings without padding. Each kernel runs the
@@ -9,6 +11,11 @@ picks the backend, its flash kernel on the CPU), `sdpa_math` (torch's math backe
 (transformers' matmul and softmax), in bf16 under autocast and in float32. Prints the median milliseconds
 of a forward and backward and the largest error of the layer's output against a float64 pass, with the
 CPU kind: what `model.train_attn_implementation` may gain on this CPU.
+
+With `--step_model`, that model (bf16 weights, the default job's LoRA: r 16, all linear layers) takes a
+forward and backward of `--batch` rows of `--step_length` tokens, one of them a quarter padding, under
+autocast, each kernel in turn per repeat so drift hits them alike: the median milliseconds and the ratio
+to `sdpa`, in the same process. Its loss under each kernel is printed too, against `sdpa`'s.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import torch
 from bench.measure import device_description, median, write_result
 from src.models.attention import attention_kernel
 from src.models.loading import load_base_model
+from src.models.lora import attach_lora, keep_trainable_in_float32
 
 KERNELS = ("sdpa", "sdpa_math", "eager")
 PRECISIONS = {"bf16": torch.bfloat16, "fp32": torch.float32}
@@ -50,12 +58,42 @@ def time_kernel(decoder: torch.nn.Module, kernel: str, embeddings: torch.Tensor,
     return median(seconds[2:])
 
 
+def time_training_steps(model_name: str, batch: int, length: int, repeats: int) -> list[dict]:
+    """Median seconds of a LoRA forward and backward of `model_name` per kernel, interleaved per repeat."""
+    base = load_base_model(model_name, dtype=torch.bfloat16, attn_implementation="sdpa")
+    model = attach_lora(base, 16, 32, 0.0, "all-linear")
+    keep_trainable_in_float32(model)
+    model.train()
+    ids = torch.randint(3, base.config.vocab_size, (batch, length), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    mask[0, : length // 4] = 0  # one left-padded row, as length-grouped batches have a few
+
+    def step(kernel: str) -> float:
+        with attention_kernel(model, kernel), torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(input_ids=ids, attention_mask=mask, labels=ids).loss
+        loss.backward()
+        return loss.item()
+
+    losses = {kernel: step(kernel) for kernel in KERNELS}  # also warms each kernel up
+    seconds: dict[str, list[float]] = {kernel: [] for kernel in KERNELS}
+    for _ in range(repeats):
+        for kernel in KERNELS:
+            started = time.perf_counter()
+            step(kernel)
+            seconds[kernel].append(time.perf_counter() - started)
+    flash = median(seconds["sdpa"])
+    return [{"kernel": k, "ms": 1000 * median(seconds[k]), "vs_sdpa": flash / median(seconds[k]), "loss": losses[k]}
+            for k in KERNELS]
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--architecture", default="configs/architectures/smollm2-135m.json")
     parser.add_argument("--lengths", default="56,144,512", help="tokens per row, comma-separated")
     parser.add_argument("--batch", type=int, default=4, help="rows per pass (the default job's batch)")
     parser.add_argument("--repeats", type=int, default=20, help="timed passes per kernel; the median is reported")
+    parser.add_argument("--step_model", help="also time a whole LoRA training step of this model per kernel")
+    parser.add_argument("--step_length", type=int, default=56, help="tokens per row in the whole-model step")
     parser.add_argument("--json", help="write the figures to this file")
     options = parser.parse_args(argv)
 
@@ -81,6 +119,15 @@ def main(argv: list[str] | None = None) -> dict:
                              "max_error": error})
                 print(f"| {length} | {precision} | {kernel} | {1000 * seconds:.2f} | {error:.4f} |")
     result = {"device": device_description(torch.device("cpu")), "rows": rows}
+    if options.step_model:
+        steps = time_training_steps(options.step_model, options.batch, options.step_length, options.repeats)
+        print(f"\n{options.step_model}, LoRA r 16 on every linear layer, bf16, batch {options.batch} x "
+              f"{options.step_length} tokens: one training step (forward and backward)")
+        print("| kernel | ms per step | speed vs sdpa | loss |")
+        print("|---|---|---|---|")
+        for row in steps:
+            print(f"| {row['kernel']} | {row['ms']:.0f} | {row['vs_sdpa']:.2f}x | {row['loss']:.4f} |")
+        result["steps"] = steps
     write_result(options.json, result, options)
     return result
 

@@ -1,5 +1,5 @@
-"""bench/attention_kernels.py in CI size: every kernel is timed in both precisions at every length, and each
-is as close to the float64 pass as its precision allows."""
+"""bench/attention_kernels.py in CI size: every kernel is timed in both precisions at every length, each is as
+close to the float64 pass as its precision allows, and a tiny model's training step is timed under each."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from bench.attention_kernels import KERNELS, PRECISIONS, main
 ARCHITECTURE = Path(__file__).parents[2] / "configs" / "architectures" / "smollm2-135m.json"
 
 
-def test_every_kernel_is_timed_and_checked_against_float64(tmp_path: Path) -> None:
+def test_every_kernel_is_timed_and_checked_against_float64(tiny_model_dir: Path, tmp_path: Path) -> None:
     figures = tmp_path / "kernels.json"
     result = main(["--architecture", str(ARCHITECTURE), "--lengths", "8,16", "--batch", "2", "--repeats", "1",
-                   "--json", str(figures)])
+                   "--step_model", str(tiny_model_dir), "--step_length", "12", "--json", str(figures)])
     rows = result["rows"]
     assert {(r["tokens"], r["precision"], r["kernel"]) for r in rows} == {
         (n, p, k) for n in (8, 16) for p in PRECISIONS for k in KERNELS
@@ -24,3 +24,8 @@ def test_every_kernel_is_timed_and_checked_against_float64(tmp_path: Path) -> No
     assert all(r["max_error"] < 1e-4 for r in rows if r["precision"] == "fp32")
     assert all(1e-4 < r["max_error"] < 0.1 for r in rows if r["precision"] == "bf16")
     assert json.loads(figures.read_text())["rows"] == rows
+    steps = {row["kernel"]: row for row in result["steps"]}
+    assert set(steps) == set(KERNELS) and steps["sdpa"]["vs_sdpa"] == 1.0
+    assert all(row["ms"] > 0 for row in steps.values())
+    # The same step under every kernel: the same loss to bf16's rounding.
+    assert all(abs(row["loss"] - steps["sdpa"]["loss"]) < 0.05 * steps["sdpa"]["loss"] for row in steps.values())
