@@ -1,8 +1,9 @@
 """The optimizer `model.optimizer.name` names, built over the trainable (LoRA) parameters only.
 
-- adamw: torch's AdamW (foreach kernels), two fp32 moments a parameter (8 bytes).
+- adamw: torch's AdamW as it chooses (foreach kernels on CUDA, a loop over the tensors on the CPU), two
+  fp32 moments a parameter (8 bytes).
 - adamw_fused: torch's fused AdamW, one kernel for every parameter (CUDA, CPU and other devices torch
-  lists as supported).
+  lists as supported). Under mixed precision Lightning will not clip its gradients (`check_fused_clipping`).
 - adamw_8bit: bitsandbytes' block-wise 8-bit AdamW, two 1-byte moments a parameter (2 bytes).
 - paged_adamw_8bit: the same, with its state in paged (CUDA managed) memory that spills to host RAM
   under pressure instead of failing; it falls back to plain memory on CPU.
