@@ -1,11 +1,15 @@
-"""Regional `torch.compile`: compile each repeated transformer block in place, not the whole model.
+"""Regional `torch.compile`: compile each repeated transformer block's forward, not the whole model.
 
-Compiling blocks in place (`nn.Module.compile`) keeps every module, parameter name and the PEFT
-wrapper as they were, so adapter saving, `disable_adapter` and `generate` work unchanged; the
-identical blocks share one compiled graph, so compile time is that of one block, not of the model.
+Compiling blocks in place keeps every module, parameter name and the PEFT wrapper as they were, so
+adapter saving, `disable_adapter` and `generate` work unchanged; the identical blocks share one compiled
+graph, so compile time is that of one block, not of the model.
 """
 
 from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from peft import PeftModel
@@ -15,7 +19,8 @@ from src.errors import ConfigurationError
 
 
 def compile_repeated_blocks(model: PeftModel | PreTrainedModel, backend: str = "inductor") -> int:
-    """Compile every decoder block of `model` in place; returns how many were compiled.
+    """Compile every decoder block of `model` in place for the passes that record gradients
+    (`compile_gradient_passes`); returns how many were compiled.
 
     The blocks are the classes transformers lists in `_no_split_modules` (the units it never splits
     across devices: LlamaDecoderLayer, PhiDecoderLayer, GPT2Block, ...).
@@ -28,8 +33,31 @@ def compile_repeated_blocks(model: PeftModel | PreTrainedModel, backend: str = "
             f"model.compile=true: {type(base).__name__} names no repeated blocks (_no_split_modules is "
             f"{sorted(block_names)}), so there is nothing to compile region by region; set model.compile=false."
         )
+    # Lengths change from batch to batch (padding to a multiple of 8, packed rows): dynamic shapes avoid
+    # one recompilation per length. The class's forward takes the block as an argument, so that dynamo
+    # treats blocks as inputs and one graph serves them all (a bound method would compile one per block).
+    compiled = {kind: torch.compile(kind.forward, backend=backend, dynamic=True) for kind in {type(b) for b in blocks}}
     for block in blocks:
-        # Lengths change from batch to batch (padding to a multiple of 8, packed rows): dynamic shapes
-        # avoid one recompilation per length.
-        block.compile(backend=backend, dynamic=True)
+        compile_gradient_passes(block, compiled[type(block)])
     return len(blocks)
+
+
+def compile_gradient_passes(block: torch.nn.Module, compiled_forward: Callable[..., Any]) -> None:
+    """Run `block`'s forward compiled in passes that record gradients and eagerly in passes that do not.
+
+    Training steps are the passes worth compiling: a thousand of them, one shape family. Passes without
+    gradient (the base model's pass for the replay KL, validation, generation's KV-cache decoding) differ
+    in grad mode, adapter state and shapes, so each would compile graphs of its own: dynamo recompiles on
+    grad mode and stops compiling a function after 8 versions, leaving later training shapes eager. torch
+    has no per-call switch for one compiled module (`torch.compiler.set_stance` is process-wide), hence this
+    dispatch.
+    """
+    eager = block.forward
+
+    @functools.wraps(eager)
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        if torch.is_grad_enabled():
+            return compiled_forward(block, *args, **kwargs)
+        return eager(*args, **kwargs)
+
+    block.forward = forward

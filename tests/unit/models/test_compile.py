@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 
 from src.data.collate import TrainCollator, packing_collator
 from src.errors import ConfigurationError
@@ -72,18 +73,34 @@ def test_compiled_model_keeps_its_modules_names_and_adapter(tmp_path: Path, tiny
         torch.testing.assert_close(saved[key], expected[key], rtol=0, atol=0)
 
 
-def test_generation_is_unchanged_by_compiling(tiny_tokenizer) -> None:
+def test_generation_runs_the_eager_blocks_with_the_same_answers(tiny_tokenizer) -> None:
     torch.manual_seed(0)
     eager = with_lora(tiny_llama("sdpa"))
     compiled = with_lora(tiny_llama("sdpa"))
     compiled.load_state_dict(eager.state_dict())
-    # Dynamo's own backend: generation has no backward, and the tracing through the KV cache is what is tested.
     compile_repeated_blocks(compiled, backend="eager")
     prompts = torch.randint(3, 64, (2, 6), generator=torch.Generator().manual_seed(1))
     mask = torch.ones_like(prompts)
     args = (tiny_tokenizer, prompts, mask, 5, {PAD})
     assert generate_greedy(compiled, *args) == generate_greedy(eager, *args)
-    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1
+    # No gradient, no graph: generation's KV-cache decoding would otherwise compile versions of its own.
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 0
+
+
+def test_only_passes_that_record_gradients_run_compiled() -> None:
+    torch.manual_seed(0)
+    base = tiny_llama("sdpa")
+    base.model.layers.extend(LlamaDecoderLayer(base.config, i) for i in (2, 3))  # four blocks
+    model = with_lora(base)
+    assert compile_repeated_blocks(model, backend="eager") == 4
+    batch = TrainCollator(PAD)(examples())
+    with torch.no_grad():
+        causal_lm_loss(model, batch)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 0
+    causal_lm_loss(model, batch).backward()
+    # Two graphs for four blocks: the first block's input needs no gradient (the embeddings are frozen), the
+    # others' does; identical blocks share a graph, so compiling costs one block, not one per block.
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 2
 
 
 def test_a_model_without_repeated_blocks_is_refused() -> None:
