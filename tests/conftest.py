@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
+import torch._dynamo  # loaded here: `torch._dynamo.config` has no settings until it is
 from transformers import AutoTokenizer, LlamaForCausalLM
 
 from tiny_llamas import NF4_SHAPES, save_tiny_llama
@@ -28,6 +30,19 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def _compile_only_where_tested(request: pytest.FixtureRequest) -> Iterator[None]:
+    """configs/smollm2.yaml compiles its blocks (`model.compile: true`), and inductor spends about a minute
+    building C++ kernels for each new model on two cores. Tests that fit the config with a tiny model check
+    everything but the compiler, so torch's own switch runs them eagerly; tests marked `compiles`
+    (tests/unit/models/test_compile.py) compile for real."""
+    if request.node.get_closest_marker("compiles") is not None:
+        yield
+        return
+    with torch._dynamo.config.patch(disable=True):
+        yield
 
 
 @pytest.fixture(scope="session")

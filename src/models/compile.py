@@ -33,6 +33,8 @@ def compile_repeated_blocks(model: PeftModel | PreTrainedModel, backend: str = "
             f"model.compile=true: {type(base).__name__} names no repeated blocks (_no_split_modules is "
             f"{sorted(block_names)}), so there is nothing to compile region by region; set model.compile=false."
         )
+    if backend == "inductor" and not torch.cuda.is_available() and not torch._dynamo.config.disable:
+        check_cpp_compiler()
     # Lengths change from batch to batch (padding to a multiple of 8, packed rows): dynamic shapes avoid
     # one recompilation per length. The class's forward takes the block as an argument, so that dynamo
     # treats blocks as inputs and one graph serves them all (a bound method would compile one per block).
@@ -61,3 +63,18 @@ def compile_gradient_passes(block: torch.nn.Module, compiled_forward: Callable[.
         return eager(*args, **kwargs)
 
     block.forward = forward
+
+
+def check_cpp_compiler() -> None:
+    """Inductor's CPU kernels are C++ that it builds at the first step: without a compiler the run would
+    stop there, after loading the model and its data, so say so before."""
+    from torch._inductor.cpp_builder import get_cpp_compiler  # inductor's own search (config.cpp.cxx, $CXX)
+    from torch._inductor.exc import InvalidCxxCompiler
+
+    try:
+        get_cpp_compiler()
+    except InvalidCxxCompiler as missing:
+        raise ConfigurationError(
+            "model.compile=true on the CPU needs a C++ compiler for torch.compile's kernels and none was found "
+            "(g++ or clang++ on the PATH, or $CXX): install one (e.g. `apt install g++`) or set model.compile: false."
+        ) from missing

@@ -17,6 +17,8 @@ from src.models.generation import generate_greedy
 from src.models.loss import causal_lm_loss
 from test_packing import PAD, examples, tiny_llama, with_lora
 
+pytestmark = pytest.mark.compiles
+
 
 @pytest.fixture(autouse=True)
 def _fresh_dynamo():
@@ -108,3 +110,16 @@ def test_a_model_without_repeated_blocks_is_refused() -> None:
     model.get_base_model()._no_split_modules = set()
     with pytest.raises(ConfigurationError, match=r"model\.compile=true: LlamaForCausalLM names no repeated blocks"):
         compile_repeated_blocks(model)
+
+
+def test_a_cpu_run_without_a_cpp_compiler_is_refused_before_training(monkeypatch: pytest.MonkeyPatch) -> None:
+    from torch._inductor import config as inductor_config
+    from torch._inductor.cpp_builder import cpp_compiler_search
+
+    monkeypatch.setattr(inductor_config.cpp, "cxx", ("no-such-c++-compiler",))
+    cpp_compiler_search.cache_clear()
+    try:
+        with pytest.raises(ConfigurationError, match=r"model\.compile=true on the CPU needs a C\+\+ compiler"):
+            compile_repeated_blocks(with_lora(tiny_llama("sdpa")))
+    finally:
+        cpp_compiler_search.cache_clear()  # the next compile searches with the real setting again
