@@ -65,16 +65,22 @@ def compile_gradient_passes(block: torch.nn.Module, compiled_forward: Callable[.
     block.forward = forward
 
 
-def check_cpp_compiler() -> None:
-    """Inductor's CPU kernels are C++ that it builds at the first step: without a compiler the run would
-    stop there, after loading the model and its data, so say so before."""
-    from torch._inductor.cpp_builder import get_cpp_compiler  # inductor's own search (config.cpp.cxx, $CXX)
+def cpp_compiler() -> str | None:
+    """The C++ compiler inductor would build CPU kernels with (its own search: config.cpp.cxx, $CXX), or None."""
+    from torch._inductor.cpp_builder import get_cpp_compiler
     from torch._inductor.exc import InvalidCxxCompiler
 
     try:
-        get_cpp_compiler()
-    except InvalidCxxCompiler as missing:
+        return get_cpp_compiler()
+    except InvalidCxxCompiler:
+        return None
+
+
+def check_cpp_compiler() -> None:
+    """Inductor's CPU kernels are C++ that it builds at the first step: without a compiler the run would
+    stop there, after loading the model and its data, so say so before."""
+    if cpp_compiler() is None:
         raise ConfigurationError(
             "model.compile=true on the CPU needs a C++ compiler for torch.compile's kernels and none was found "
             "(g++ or clang++ on the PATH, or $CXX): install one (e.g. `apt install g++`) or set model.compile: false."
-        ) from missing
+        )

@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from src.sources.offline_default import cache_root, locate_gguf
+from src.models.compile import cpp_compiler
 from src.models.precision import CPUINFO, cpu_flags, resolve_precision
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -176,6 +177,16 @@ def cpu_findings(cpuinfo: Path = CPUINFO) -> list[Finding]:
     return findings
 
 
+def compiler_finding(compiler: str | None) -> Finding:
+    """configs/smollm2.yaml compiles its training steps, which on the CPU needs a C++ compiler."""
+    if compiler is not None:
+        return Finding("C++ compiler", f"{compiler} (model.compile builds its CPU kernels with it)")
+    return Finding(
+        "C++ compiler", "none found", problem="model.compile: true (configs/smollm2.yaml) is refused on the CPU without one",
+        fix="apt install g++ (or set model.compile: false)", blocking=True,
+    )
+
+
 def disk_findings(paths: Sequence[Path]) -> list[Finding]:
     findings, seen = [], set()
     for path in paths:
@@ -255,6 +266,8 @@ def collect() -> list[Finding]:
         findings.append(Finding("GPU", "none visible to torch: runs use the CPU (trainer.accelerator cpu)"))
     findings.append(four_bit_finding(cuda))
     findings += cpu_findings()
+    if not cuda:
+        findings.append(compiler_finding(cpp_compiler()))
     findings += disk_findings([cache_root(), Path.cwd()])
     findings += offline_default_findings()
     findings += package_findings()

@@ -77,8 +77,16 @@ def test_pins_that_differ_are_warnings_and_missing_packages_block(tmp_path: Path
 def test_doctor_on_a_cpu_only_machine_reports_no_gpu_and_succeeds(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     monkeypatch.setattr(doctor.shutil, "which", lambda name: None)  # no nvidia-smi
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(doctor, "cpp_compiler", lambda: "g++")
     assert doctor.main([]) == 0
     out = capsys.readouterr().out
     assert "none visible to torch" in out and "no NVIDIA driver or GPU" in out
-    for topic in ("Python", "torch", "4-bit", "CPU extensions", "CPU precision", "disk", "offline default"):
+    for topic in ("Python", "torch", "4-bit", "CPU extensions", "CPU precision", "C++ compiler", "disk", "offline default"):
         assert f"  {topic} " in out, topic
+
+
+def test_a_cpu_machine_without_a_cpp_compiler_is_told_the_default_job_needs_one() -> None:
+    missing = doctor.compiler_finding(None)
+    assert missing.blocking and "model.compile: true" in missing.problem and "apt install g++" in missing.fix
+    found = doctor.compiler_finding("g++")
+    assert found.problem is None and found.value.startswith("g++")
