@@ -33,8 +33,6 @@ def compile_repeated_blocks(model: PeftModel | PreTrainedModel, backend: str = "
             f"model.compile=true: {type(base).__name__} names no repeated blocks (_no_split_modules is "
             f"{sorted(block_names)}), so there is nothing to compile region by region; set model.compile=false."
         )
-    if backend == "inductor" and not torch.cuda.is_available() and not torch._dynamo.config.disable:
-        check_cpp_compiler()
     # Lengths change from batch to batch (padding to a multiple of 8, packed rows): dynamic shapes avoid
     # one recompilation per length. The class's forward takes the block as an argument, so that dynamo
     # treats blocks as inputs and one graph serves them all (a bound method would compile one per block).
@@ -77,8 +75,11 @@ def cpp_compiler() -> str | None:
 
 
 def check_cpp_compiler() -> None:
-    """Inductor's CPU kernels are C++ that it builds at the first step: without a compiler the run would
-    stop there, after loading the model and its data, so say so before."""
+    """Before training on the CPU with `model.compile`: inductor's CPU kernels are C++ that it builds at the
+    first step, so without a compiler the run would stop there, after the base model's evaluation. Passes
+    without gradient run eagerly (`compile_gradient_passes`): answering and validating need no compiler."""
+    if torch._dynamo.config.disable:  # TORCH_COMPILE_DISABLE=1: torch.compile runs nothing compiled
+        return
     if cpp_compiler() is None:
         raise ConfigurationError(
             "model.compile=true on the CPU needs a C++ compiler for torch.compile's kernels and none was found "

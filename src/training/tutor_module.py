@@ -17,6 +17,7 @@ from src.evaluation.retention_eval import RetentionSets
 from src.evaluation.settings import GenerationSettings, RetentionSettings
 from src.models.attention import attention_kernel
 from src.models.builder import build_tutor_model
+from src.models.compile import check_cpp_compiler
 from src.models.loss import causal_lm_loss, training_loss
 from src.models.optimizers import check_fused_clipping, optimizer_config
 from src.models.precision import placement
@@ -96,6 +97,9 @@ class TutorModule(L.LightningModule):
             self.model, self.tokenizer, self.formatter = build_tutor_model(self.hparams, *placed)
 
     def setup(self, stage: str) -> None:
+        if stage == "fit" and self.hparams.compile and self._trainer is not None \
+                and self.trainer.strategy.root_device.type == "cpu":
+            check_cpp_compiler()  # before the base model's evaluation, not at the first step
         datamodule = self.trainer.datamodule if self._trainer is not None else None
         self.evaluator.configure_for(datamodule, self.generation.max_new_tokens)
 

@@ -17,6 +17,7 @@ import torch
 from lightning.pytorch import Callback
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+import src.models.compile as compile_module
 import src.models.loss as loss_module
 import src.training.tutor_module as tutor_module
 from conftest import arithmetic_rows, write_jsonl
@@ -393,3 +394,16 @@ def test_fused_adamw_with_clipping_under_bf16_stops_before_the_first_step(tiny_m
     with pytest.raises(ConfigurationError, match="adamw_fused with trainer.precision=bf16-mixed"):
         trainer.fit(module, datamodule=make_datamodule(tiny_model_dir, tmp_path))
     assert module.global_step == 0
+
+
+def test_compiled_training_without_a_cpp_compiler_stops_before_the_base_model_is_evaluated(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(compile_module, "cpp_compiler", lambda: None)
+    module = make_module(tiny_model_dir, compile=True)
+    with torch._dynamo.config.patch(disable=False):  # the suite runs compiled blocks eagerly (tests/conftest.py)
+        with pytest.raises(ConfigurationError, match=r"model\.compile=true on the CPU needs a C\+\+ compiler"):
+            make_trainer(tmp_path, 2).fit(module, datamodule=make_datamodule(tiny_model_dir, tmp_path))
+    assert module.base_math_metrics is None and module.global_step == 0
+    # Answering runs the blocks eagerly: validating the same module needs no compiler.
+    make_trainer(tmp_path, 2).validate(module, datamodule=make_datamodule(tiny_model_dir, tmp_path))
