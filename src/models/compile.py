@@ -17,6 +17,25 @@ from transformers import PreTrainedModel
 
 from src.errors import ConfigurationError
 
+AUTO = "auto"
+
+
+def resolve_compile(requested: bool | str, device_type: str, precision: str) -> tuple[bool, str]:
+    """(whether to compile, why) for `model.compile`; `true` and `false` pass through.
+
+    `auto` compiles where it was measured to pay: on GPUs, and on CPUs training in a 16-bit precision
+    (bf16-mixed on AVX512-BF16: training steps 538-595 s against 723-783 s eager). In float32 on the CPU
+    the steps are bound by matrix products that inductor leaves to the same library calls (248 against
+    246 tokens/s), so `auto` skips the minute of compiling and the C++ compiler there.
+    """
+    if requested != AUTO:
+        return bool(requested), "as set"
+    if device_type != "cpu":
+        return True, f"training on {device_type}"
+    if str(precision).startswith(("bf16", "16")):
+        return True, f"{precision} on the CPU: compiled steps ran ~1.3x faster"
+    return False, f"{precision} on the CPU: compiling gained nothing in float32"
+
 
 def compile_repeated_blocks(model: PeftModel | PreTrainedModel, backend: str = "inductor") -> int:
     """Compile every decoder block of `model` in place for the passes that record gradients

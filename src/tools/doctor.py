@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from src.sources.offline_default import cache_root, locate_gguf
-from src.models.compile import cpp_compiler
+from src.models.compile import AUTO, cpp_compiler, resolve_compile
 from src.models.precision import CPUINFO, cpu_flags, resolve_precision
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -177,12 +177,17 @@ def cpu_findings(cpuinfo: Path = CPUINFO) -> list[Finding]:
     return findings
 
 
-def compiler_finding(compiler: str | None) -> Finding:
-    """configs/smollm2.yaml compiles its training steps, which on the CPU needs a C++ compiler."""
+def compiler_finding(compiler: str | None, precision: str) -> Finding:
+    """configs/smollm2.yaml compiles its training steps (`model.compile: auto`) where the CPU trains in 16-bit,
+    which needs a C++ compiler; in float32 it runs eagerly and needs none."""
+    needed, _ = resolve_compile(AUTO, "cpu", precision)
     if compiler is not None:
         return Finding("C++ compiler", f"{compiler} (model.compile builds its CPU kernels with it)")
+    if not needed:
+        return Finding("C++ compiler", f"none found (not needed: model.compile auto stays eager in {precision})")
     return Finding(
-        "C++ compiler", "none found", problem="model.compile: true (configs/smollm2.yaml) is refused on the CPU without one",
+        "C++ compiler", "none found",
+        problem=f"model.compile auto compiles the default job's {precision} training steps and is refused without one",
         fix="apt install g++ (or set model.compile: false)", blocking=True,
     )
 
@@ -267,7 +272,7 @@ def collect() -> list[Finding]:
     findings.append(four_bit_finding(cuda))
     findings += cpu_findings()
     if not cuda:
-        findings.append(compiler_finding(cpp_compiler()))
+        findings.append(compiler_finding(cpp_compiler(), str(resolve_precision("auto", "cpu")[0])))
     findings += disk_findings([cache_root(), Path.cwd()])
     findings += offline_default_findings()
     findings += package_findings()

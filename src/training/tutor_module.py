@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 
 from src.evaluation.answers import Answerer
 from src.evaluation.math_evaluator import LOSS_LOADER, MathEvaluator
@@ -17,7 +18,7 @@ from src.evaluation.retention_eval import RetentionSets
 from src.evaluation.settings import GenerationSettings, RetentionSettings
 from src.models.attention import attention_kernel
 from src.models.builder import build_tutor_model
-from src.models.compile import check_cpp_compiler
+from src.models.compile import AUTO, check_cpp_compiler, resolve_compile
 from src.models.loss import causal_lm_loss, training_loss
 from src.models.optimizers import check_fused_clipping, optimizer_config
 from src.models.precision import placement
@@ -51,7 +52,8 @@ class TutorModule(L.LightningModule):
         attn_implementation: "sdpa", "eager" or "flash_attention_2" (CUDA + flash-attn); None: transformers' default.
         train_attn_implementation: the kernel for training steps only (generation keeps `attn_implementation`):
             one of those, or `sdpa_math` (SDPA on torch's math backend); None: the same kernel.
-        compile: `torch.compile` each decoder block in place (pays off on GPU after the first steps).
+        compile: `torch.compile` each decoder block in place for training steps; "auto": where it pays (GPUs, and
+            CPUs training in bf16/fp16; not float32 on the CPU, where it gained nothing).
         quantization: "nf4" or "int8" frozen base weights through bitsandbytes (QLoRA); None keeps the trainer's dtype.
         evaluate_base: measure the untouched base model on the math items before training.
         seed: seed of random initialisation.
@@ -70,7 +72,7 @@ class TutorModule(L.LightningModule):
         adapter_path: str | None = None, lora: LoraSettings = LoraSettings(),
         optimizer: OptimizerSettings = OptimizerSettings(), generation: GenerationSettings = GenerationSettings(),
         retention: RetentionSettings = RetentionSettings(), gradient_checkpointing: bool = False,
-        attn_implementation: str | None = None, train_attn_implementation: str | None = None, compile: bool = False,
+        attn_implementation: str | None = None, train_attn_implementation: str | None = None, compile: bool | Literal["auto"] = False,
         quantization: Quantization | None = None, evaluate_base: bool = True, system_prompt: str | None = None,
         chat_template: str | None = None, seed: int = 0, packing: bool = False, replay_kl: float = 0.0,
         target_masked_kl: float = 0.0, base_weights: Literal["compute", "float32"] = "compute",
@@ -94,11 +96,21 @@ class TutorModule(L.LightningModule):
     def configure_model(self) -> None:
         if self.model is None:
             placed = placement(self._trainer, self.hparams.base_weights)
-            self.model, self.tokenizer, self.formatter = build_tutor_model(self.hparams, *placed)
+            settings = {**self.hparams, "compile": self.compiles(announce=True)}
+            self.model, self.tokenizer, self.formatter = build_tutor_model(settings, *placed)
+
+    def compiles(self, announce: bool = False) -> bool:
+        """`model.compile` resolved for this trainer's device and precision (`auto`: `resolve_compile`)."""
+        device, precision = ("cpu", "32-true") if self._trainer is None else (
+            self.trainer.strategy.root_device.type, str(self.trainer.precision))
+        compiles, why = resolve_compile(self.hparams.compile, device, precision)
+        if announce and self.hparams.compile == AUTO and self._trainer is not None:
+            rank_zero_info(f"model.compile: auto -> {str(compiles).lower()} ({why})")
+        return compiles
 
     def setup(self, stage: str) -> None:
-        if stage == "fit" and self.hparams.compile and self._trainer is not None \
-                and self.trainer.strategy.root_device.type == "cpu":
+        if stage == "fit" and self._trainer is not None and self.trainer.strategy.root_device.type == "cpu" \
+                and self.compiles():
             check_cpp_compiler()  # before the base model's evaluation, not at the first step
         datamodule = self.trainer.datamodule if self._trainer is not None else None
         self.evaluator.configure_for(datamodule, self.generation.max_new_tokens)

@@ -12,7 +12,7 @@ from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 
 from src.data.collate import TrainCollator, packing_collator
 from src.errors import ConfigurationError
-from src.models.compile import check_cpp_compiler, compile_repeated_blocks, cpp_compiler
+from src.models.compile import check_cpp_compiler, compile_repeated_blocks, cpp_compiler, resolve_compile
 from src.models.generation import generate_greedy
 from src.models.loss import causal_lm_loss
 from test_packing import PAD, examples, tiny_llama, with_lora
@@ -124,3 +124,18 @@ def test_a_missing_cpp_compiler_is_named_with_the_fix(monkeypatch: pytest.Monkey
             check_cpp_compiler()
     finally:
         cpp_compiler_search.cache_clear()  # the next compile searches with the real setting again
+
+
+@pytest.mark.parametrize(
+    ("requested", "device", "precision", "compiles"),
+    [
+        (True, "cpu", "32-true", True),  # as set, even where it gains nothing
+        (False, "cuda", "bf16-mixed", False),
+        ("auto", "cpu", "bf16-mixed", True),  # the default job on AVX512-BF16: ~1.3x faster steps
+        ("auto", "cpu", "16-mixed", True),
+        ("auto", "cpu", "32-true", False),  # float32 on the CPU: no gain, so no compiling and no C++ compiler
+        ("auto", "cuda", "32-true", True),
+    ],
+)
+def test_compile_auto_compiles_where_it_was_measured_to_pay(requested, device, precision, compiles) -> None:
+    assert resolve_compile(requested, device, precision)[0] is compiles

@@ -85,8 +85,10 @@ def test_doctor_on_a_cpu_only_machine_reports_no_gpu_and_succeeds(monkeypatch: p
         assert f"  {topic} " in out, topic
 
 
-def test_a_cpu_machine_without_a_cpp_compiler_is_told_the_default_job_needs_one() -> None:
-    missing = doctor.compiler_finding(None)
-    assert missing.blocking and "model.compile: true" in missing.problem and "apt install g++" in missing.fix
-    found = doctor.compiler_finding("g++")
+def test_a_cpu_machine_without_a_cpp_compiler_is_told_whether_the_default_job_needs_one() -> None:
+    missing = doctor.compiler_finding(None, "bf16-mixed")
+    assert missing.blocking and "model.compile auto" in missing.problem and "apt install g++" in missing.fix
+    not_needed = doctor.compiler_finding(None, "32-true")  # AVX2-only CPUs train in float32, eagerly
+    assert not not_needed.blocking and not_needed.problem is None and "not needed" in not_needed.value
+    found = doctor.compiler_finding("g++", "bf16-mixed")
     assert found.problem is None and found.value.startswith("g++")

@@ -407,3 +407,14 @@ def test_compiled_training_without_a_cpp_compiler_stops_before_the_base_model_is
     assert module.base_math_metrics is None and module.global_step == 0
     # Answering runs the blocks eagerly: validating the same module needs no compiler.
     make_trainer(tmp_path, 2).validate(module, datamodule=make_datamodule(tiny_model_dir, tmp_path))
+
+
+@pytest.mark.parametrize(("precision", "compiled"), [("32-true", False), ("bf16-mixed", True)])
+def test_compile_auto_compiles_the_cpu_training_steps_in_bf16_only(
+    tiny_model_dir: Path, tmp_path: Path, precision: str, compiled: bool
+) -> None:
+    module = make_module(tiny_model_dir, compile="auto", evaluate_base=False)
+    make_trainer(tmp_path, 1, precision=precision).fit(module, datamodule=make_datamodule(tiny_model_dir, tmp_path))
+    layers = module.model.get_base_model().model.layers
+    # A compiled layer's forward is the dispatch of src/models/compile.py, set on the instance.
+    assert all(("forward" in vars(layer)) is compiled for layer in layers)
