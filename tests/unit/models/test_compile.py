@@ -120,7 +120,8 @@ def test_a_missing_cpp_compiler_is_named_with_the_fix(monkeypatch: pytest.Monkey
     cpp_compiler_search.cache_clear()
     try:
         assert cpp_compiler() is None
-        with pytest.raises(ConfigurationError, match=r"model\.compile=true on the CPU needs a C\+\+ compiler.*apt install g\+\+"):
+        refused = r"model\.compile=true on the CPU needs a C\+\+ compiler.*apt install g\+\+"
+        with pytest.raises(ConfigurationError, match=refused):
             check_cpp_compiler()
     finally:
         cpp_compiler_search.cache_clear()  # the next compile searches with the real setting again
