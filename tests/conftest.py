@@ -34,8 +34,8 @@ def _one_thread():
 
 @pytest.fixture(autouse=True)
 def _compile_only_where_tested(request: pytest.FixtureRequest) -> Iterator[None]:
-    """configs/smollm2.yaml compiles its blocks (`model.compile: true`), and inductor spends about a minute
-    building C++ kernels for each new model on two cores. Tests that fit the config with a tiny model check
+    """configs/smollm2.yaml compiles its blocks in bf16 (`model.compile: auto`), and inductor spends about a
+    minute building C++ kernels for each new model on two cores. Tests that fit the config with a tiny model check
     everything but the compiler, so torch's own switch runs them eagerly; tests marked `compiles`
     (tests/unit/models/test_compile.py) compile for real."""
     if request.node.get_closest_marker("compiles") is not None:

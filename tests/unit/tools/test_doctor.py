@@ -81,7 +81,8 @@ def test_doctor_on_a_cpu_only_machine_reports_no_gpu_and_succeeds(monkeypatch: p
     assert doctor.main([]) == 0
     out = capsys.readouterr().out
     assert "none visible to torch" in out and "no NVIDIA driver or GPU" in out
-    for topic in ("Python", "torch", "4-bit", "CPU extensions", "CPU precision", "C++ compiler", "disk", "offline default"):
+    topics = ("Python", "torch", "4-bit", "CPU extensions", "CPU precision", "C++ compiler", "disk", "offline default")
+    for topic in topics:
         assert f"  {topic} " in out, topic
 
 
