@@ -413,7 +413,8 @@ class RunReport(Callback):
         was_training = pl_module.training
         pl_module.eval()
         try:
-            with torch.no_grad():
+            # The trainer's autocast, as validation answers: the samples are the held-out sets' kind of answer.
+            with torch.no_grad(), trainer.precision_plugin.forward_context():
                 replies = pl_module.answerer.reply(conversations)
         except Exception as err:  # noqa: BLE001 (a failed demo must not fail a finished, saved run)
             rank_zero_warn(

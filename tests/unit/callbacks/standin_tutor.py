@@ -75,6 +75,7 @@ class StandInTutor(LightningModule):
         self.progress = TrainProgress()
         self.math_sets = ["val"]
         self.generate_calls: list[list[list[dict[str, str]]]] = []
+        self.generate_autocast: list[torch.dtype | None] = []  # the CPU autocast dtype in force at each call
         g = torch.Generator().manual_seed(1)
         self.rows = torch.randint(3, TINY_LLAMA["vocab_size"], (2 * BATCHES_PER_EPOCH, 12), generator=g)
 
@@ -120,17 +121,19 @@ class StandInTutor(LightningModule):
 
     @property
     def answerer(self) -> CannedAnswerer:
-        return CannedAnswerer(self.generate_calls)
+        return CannedAnswerer(self.generate_calls, self.generate_autocast)
 
 
 class CannedAnswerer:
     """Answers every conversation with a numbered canned reply and records what it was asked."""
 
-    def __init__(self, calls: list) -> None:
+    def __init__(self, calls: list, autocast_dtypes: list) -> None:
         self.calls = calls
+        self.autocast_dtypes = autocast_dtypes
 
     def reply(self, conversations: list[list[dict[str, str]]], batch_size: int = 16) -> list[str]:
         self.calls.append(conversations)
+        self.autocast_dtypes.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None)
         return [f"canned reply {i}" for i in range(len(conversations))]
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import torch
 from standin_tutor import StandInTutor, make_trainer
 
 from src.callbacks.adapter_checkpoint import AdapterCheckpoint
@@ -101,6 +102,15 @@ def test_sample_answers_come_from_the_tutor_and_say_which_weights(run: SimpleNam
     assert "Q: What is 3 * 4?\nA: canned reply 1\n(wrong: no answer line)" in run.out
     # The best adapter is from step 4 but the module still holds the step-6 weights.
     assert "Answered by the current weights from the last step, 6; the best adapter is from step 4" in run.out
+
+
+def test_sample_answers_run_in_the_trainers_precision_as_validation_does(tmp_path: Path) -> None:
+    module = StandInTutor({2: 0.2}, base_acc=0.1)
+    report = RunReport(sample_questions=["What is 3 * 4?"])
+    trainer = make_trainer(tmp_path, [AdapterCheckpoint(), report], max_steps=2, precision="bf16-mixed")
+    with contextlib.redirect_stdout(io.StringIO()):
+        trainer.fit(module)
+    assert module.generate_autocast == [torch.bfloat16]
 
 
 def test_says_plainly_when_the_base_model_stays_better(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
