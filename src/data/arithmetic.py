@@ -21,7 +21,7 @@ to 12 × 12 as questions (`mul_fact`) and the × and ÷ tables of 2 to 12 as fac
 division fact, including those of held-out questions, is seen at least once). What each choice
 measured: docs/results/2026-11-24-arithmetic-data-recipe.md. The bundled data:
 
-    python -m src.data.arithmetic --out data/arithmetic --train 4020 --val 400 --seed 0 --tables \
+    python -m src.data.arithmetic --out data/arithmetic --train 4560 --val 400 --seed 0 --tables \
         --exclude data/arithmetic/independent.jsonl --weights \
         add_1d=0.15,sub_1d=0.15,mul_1d=0.15,mul_fact=0.4,add_2d=0.7,div=0.8,sub_2d=1.3,mul_2d1d=0.9,precedence=2.2,sub_2d1d=0.7,add_2d1d=0.4,sub_2d_neg=0.5
 """

@@ -42,7 +42,7 @@ def test_print_config_links_the_model_name_into_the_data(config: Path, capsys: p
     assert (ROOT / printed["data"]["train_file"]).is_file()
 
 
-def test_the_large_data_overlay_changes_only_the_training_file(capsys: pytest.CaptureFixture) -> None:
+def test_the_large_data_overlay_changes_only_the_training_file_and_its_measured_replay(capsys: pytest.CaptureFixture) -> None:
     printed = {}
     for extra in ([], ["--config", str(ROOT / "configs/overlays/large_data.yaml")]):
         with pytest.raises(SystemExit):
@@ -51,6 +51,8 @@ def test_the_large_data_overlay_changes_only_the_training_file(capsys: pytest.Ca
     default, large = printed[False], printed[True]
     assert large["data"].pop("train_file") == "data/arithmetic/large/train.jsonl"
     assert default["data"].pop("train_file") == "data/arithmetic/train.jsonl"
+    # The large job keeps the replay share its three seeds were measured with; the default's is half of it.
+    assert (large["data"].pop("replay_ratio"), default["data"].pop("replay_ratio")) == (0.2, 0.1)
     assert large == default
     assert (ROOT / "data/arithmetic/large/train.jsonl").is_file()
 
