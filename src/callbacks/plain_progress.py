@@ -39,10 +39,10 @@ class PlainProgress(ProgressBar):
         self.every_n_seconds = every_n_seconds
         self._enabled = True
         self._fit_started = 0.0
-        self._train_started = 0.0
         self._last_line = 0.0
         self._last_step = 0
         self._first_step = 0
+        self._eta_from: tuple[float, int] | None = None  # (time, step) at the end of the first training step
         self._pass_started = 0.0
         self._answered = 0
 
@@ -67,12 +67,17 @@ class PlainProgress(ProgressBar):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # After the module's own on_train_start (the base evaluation): ETA counts training only.
-        self._train_started = self._last_line = time.monotonic()
+        self._last_line = time.monotonic()
         self._first_step = self._last_step = trainer.global_step
+        self._eta_from = None
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         step = trainer.global_step
+        if self._eta_from is None and step > self._first_step:
+            # The first step carries one-off costs (compiling the blocks, first allocations): on a first run it
+            # took two minutes and an ETA from it read 41 hours. The steps after it set the pace.
+            self._eta_from = (time.monotonic(), step)
         if step > self._last_step and self._due(step - self._last_step):
             self._print(self.training_line(trainer, pl_module))
             self._last_step = step
@@ -93,10 +98,10 @@ class PlainProgress(ProgressBar):
         if tokens and seconds:
             parts.append(f"{tokens / seconds:,.0f} tokens/s")  # real (unpadded) tokens over time in steps
         parts.append(f"elapsed {duration(now - self._fit_started)}")
-        done = step - self._first_step
-        if done > 0 and total != float("inf") and step < total:
-            # Wall time per step since training began, validations included: what the user waits.
-            parts.append(f"ETA {duration((now - self._train_started) / done * (total - step))}")
+        if self._eta_from is not None and step > self._eta_from[1] and total != float("inf") and step < total:
+            # Wall time per step since the first step ended, validations included: what the user waits.
+            since, from_step = self._eta_from
+            parts.append(f"ETA {duration((now - since) / (step - from_step) * (total - step))}")
         return "train: " + ", ".join(parts)
 
     # ---------------------------------------------------------------------------- generation passes

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import lightning as L
 import pytest
@@ -62,3 +63,21 @@ def test_a_tiny_fit_off_a_terminal_prints_followable_lines(
     assert re.fullmatch(r"train: step 2/4, loss \d+\.\d{4}, [\d,]+ tokens/s, elapsed \d+s, ETA \d+s", steps[0])
     assert any(re.fullmatch(r"validation \(val\): (\d+)/\1 questions answered, elapsed \d+s", line) for line in printed)
     assert any(r.getMessage().startswith("Base model (val): answering ") for r in caplog.records)
+
+
+def test_the_eta_follows_the_steps_after_the_first_whose_one_off_costs_it_leaves_out(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    now = [0.0]
+    monkeypatch.setattr(plain_progress, "time", SimpleNamespace(monotonic=lambda: now[0]))
+    progress = PlainProgress(every_n_steps=1000, every_n_seconds=None)
+    monkeypatch.setattr(progress, "get_metrics", lambda trainer, module: {})
+    trainer = SimpleNamespace(global_step=0, estimated_stepping_batches=101, is_global_zero=True)
+    progress.on_fit_start(trainer, None)
+    progress.on_train_start(trainer, None)
+    now[0], trainer.global_step = 120.0, 1  # the first step compiles for two minutes
+    progress.on_train_batch_end(trainer, None, None, None, 0)
+    assert "ETA" not in progress.training_line(trainer, None)
+    now[0], trainer.global_step = 130.0, 11  # then a second a step
+    progress.on_train_batch_end(trainer, None, None, None, 10)
+    assert progress.training_line(trainer, None) == "train: step 11/101, elapsed 2m10s, ETA 1m30s"
